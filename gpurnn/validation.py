@@ -1,0 +1,52 @@
+"""Argument checks shared by every public entry point.
+
+Each check raises before any kernel runs, naming the argument, what was expected and
+what was given, so a user never meets a Numba typing error or a silent wrong answer.
+"""
+import numpy as np
+
+
+def describe_shape(shape):
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+
+
+def check_float_array(name, a, shape, dtype):
+    """``a`` must have ``shape`` (None = any size) and exactly ``dtype``. Returns a."""
+    if not hasattr(a, "shape") or not hasattr(a, "dtype"):
+        raise TypeError(f"{name}: expected an array of shape {describe_shape(shape)}, "
+                        f"got {type(a).__name__}")
+    actual = tuple(a.shape)
+    if len(actual) != len(shape) or any(e is not None and e != s for e, s in zip(shape, actual)):
+        raise ValueError(f"{name}: expected shape {describe_shape(shape)}, got {actual}")
+    if np.dtype(a.dtype) != np.dtype(dtype):
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype).name}, got {np.dtype(a.dtype).name}"
+                        f" (convert with .astype('{np.dtype(dtype).name}'))")
+    return a
+
+
+def check_lengths(lengths, batch, steps):
+    """Validate ``lengths`` (B,) integers in 1..T; returns a host int64 array or None."""
+    if lengths is None:
+        return None
+    if hasattr(lengths, "get") and not isinstance(lengths, np.ndarray):
+        lengths = lengths.get()          # CuPy array: lengths drive host-side indexing
+    arr = np.asarray(lengths)
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths: expected shape ({batch},) to match the batch, got {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        else:
+            raise TypeError(f"lengths: expected integers, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < 1 or arr.max() > steps):
+        bad = arr[(arr < 1) | (arr > steps)]
+        raise ValueError(f"lengths: expected every length in 1..{steps} (the sequence length T),"
+                         f" got {bad.tolist()}")
+    return arr
+
+
+def check_positive_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return int(value)
