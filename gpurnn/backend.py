@@ -95,7 +95,13 @@ def available_backends():
 
 
 def get_backend(name="auto"):
-    """The backend object for ``name`` ("auto" = cuda on a real GPU, else cpu, else numpy)."""
+    """The backend object for ``name`` ("auto" = cuda on a real GPU, else cpu, else numpy).
+
+    A backend object (anything with ``forward``/``backward``, e.g. a configured
+    ``CudaBackend(algo="persistent")``) is passed through unchanged.
+    """
+    if hasattr(name, "forward") and hasattr(name, "backward"):
+        return name
     if name == "auto":
         for n in _AUTO_ORDER:
             if _usable(n, auto=True):
