@@ -33,7 +33,7 @@ from .cells import cell_spec
 
 
 def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))   # = 1 / (1 + exp(-x)), without exp overflow
 
 
 def _split(a, n):

@@ -1,0 +1,47 @@
+"""Shared test utilities: model construction, random inputs, loss probes, error norms."""
+import numpy as np
+
+import gpurnn
+
+CELL_CLASSES = {
+    "rnn_tanh": (gpurnn.RNN, {"nonlinearity": "tanh"}),
+    "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
+    "lstm": (gpurnn.LSTM, {}),
+    "gru": (gpurnn.GRU, {}),
+}
+ALL_CELLS = tuple(CELL_CLASSES)
+
+
+def make_model(cell, input_size, hidden_size, **kw):
+    cls, extra = CELL_CLASSES[cell]
+    return cls(input_size, hidden_size, **extra, **kw)
+
+
+def is_lstm(model):
+    return model.spec.has_cell_state
+
+
+def random_state(model, rng, batch, dtype=None):
+    dtype = dtype or model.dtype
+    shape = (model.num_layers * model.num_directions, batch, model.hidden_size)
+    h0 = rng.standard_normal(shape).astype(dtype)
+    if is_lstm(model):
+        return h0, rng.standard_normal(shape).astype(dtype)
+    return h0
+
+
+def state_parts(state):
+    """(h,) or (h, c) from whatever a model returns as its state."""
+    return tuple(state) if isinstance(state, tuple) else (state,)
+
+
+def rel_err(a, b):
+    """Normwise relative error ||a - b|| / ||b|| (absolute when b is zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    denom = np.linalg.norm(b)
+    return np.linalg.norm(a - b) / (denom if denom > 0 else 1.0)
+
+
+def reseed_dropout(model, seed=1234):
+    """Make the next forward draw the same dropout masks as the last reseeded one."""
+    model._dropout_rng = np.random.default_rng(seed)
