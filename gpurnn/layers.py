@@ -65,8 +65,8 @@ class RNNBase:
         G, H, D = self.spec.n_gates, self.hidden_size, self.num_directions
         shapes = OrderedDict()
         for layer in range(self.num_layers):
-            for suffix in ("", "_reverse")[:D]:
-                tag = f"l{layer}{suffix}"
+            for d in range(D):
+                tag = _tag(layer, d)
                 shapes[f"weight_ih_{tag}"] = (G * H, self.input_size if layer == 0 else D * H)
                 shapes[f"weight_hh_{tag}"] = (G * H, H)
                 if self.bias:
@@ -124,8 +124,21 @@ class RNNBase:
         return self.forward(x, hx, lengths)
 
     def forward(self, x, hx=None, lengths=None):
-        """Run the whole stack. Returns (out, h_n), or (out, (h_n, c_n)) for LSTM."""
+        """Run the whole stack. Returns (out, h_n), or (out, (h_n, c_n)) for LSTM.
+
+        The tape for ``backward`` is kept on the module (the last forward wins)."""
+        result, self._tape = self.forward_tape(x, hx, lengths)
+        return result
+
+    def forward_tape(self, x, hx=None, lengths=None, *, params=None):
+        """Functional forward: returns (result, tape) and keeps nothing on the module.
+
+        result is what ``forward`` returns; pass ``tape`` to ``backward_tape``. ``params``
+        (optional, torch names to backend-native arrays) replaces the module's own
+        parameters for this call; the torch bridge passes its nn.Parameters this way.
+        """
         be, xp = self._backend, self._backend.xp
+        params = self._params if params is None else params
         user_x = x
         x = self._as_native("x", x)
         if x.ndim != 3:
@@ -144,7 +157,7 @@ class RNNBase:
             outs, layer_tapes = [], []
             for d in range(D):
                 k = layer * D + d
-                w = self._layer_weights(layer, d)
+                w = _layer_weights(params, layer, d)
                 seq = layer_input if d == 0 else _reverse_within_length(xp, layer_input, lengths)
                 out, hn, cn, tape = be.forward(self.spec.name, seq, *w,
                                                None if h0 is None else h0[k],
@@ -163,15 +176,15 @@ class RNNBase:
             masks.append(mask)
             layer_input = layer_out
 
-        self._tape = dict(tapes=tapes, masks=masks, lengths=lengths, T=T, B=B, x_shape=x.shape)
+        tape = dict(tapes=tapes, masks=masks, lengths=lengths, T=T, B=B)
         out = layer_input
         if self.batch_first:
             out = xp.ascontiguousarray(out.transpose(1, 0, 2))
         out = be.to_user(out, user_x)
         h_n = be.to_user(xp.stack(h_n), user_x)
         if self.spec.has_cell_state:
-            return out, (h_n, be.to_user(xp.stack(c_n), user_x))
-        return out, h_n
+            return (out, (h_n, be.to_user(xp.stack(c_n), user_x))), tape
+        return (out, h_n), tape
 
     def _as_native(self, name, a):
         try:
@@ -204,12 +217,6 @@ class RNNBase:
             checked.append(s)
         return checked[0], (checked[1] if len(checked) > 1 else None)
 
-    def _layer_weights(self, layer, d):
-        tag = f"l{layer}{'_reverse' if d else ''}"
-        p = self._params
-        return (p[f"weight_ih_{tag}"], p[f"weight_hh_{tag}"],
-                p.get(f"bias_ih_{tag}"), p.get(f"bias_hh_{tag}"))
-
     # ----------------------------------------------------------------- backward
     def backward(self, dout, dh_n=None, truncate=None):
         """BPTT through the last forward. Accumulates into ``grads``; returns (dx, dh0).
@@ -220,10 +227,20 @@ class RNNBase:
         """
         if self._tape is None:
             raise RuntimeError("backward: call forward first (there is no tape to differentiate)")
+        dx, dh0, grads = self.backward_tape(self._tape, dout, dh_n, truncate)
+        for name, g in grads.items():
+            self.grads[name] += g
+        return dx, dh0
+
+    def backward_tape(self, tape, dout, dh_n=None, truncate=None):
+        """Functional backward through ``tape`` from ``forward_tape``.
+
+        Returns (dx, dh0, grads): as ``backward`` plus this call's parameter gradients
+        (torch names), without touching ``self.grads``.
+        """
         if truncate is not None:
             truncate = check_positive_int("truncate", truncate)
         be, xp = self._backend, self._backend.xp
-        tape = self._tape
         T, B = tape["T"], tape["B"]
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         user_dout = dout
@@ -237,6 +254,7 @@ class RNNBase:
 
         dh0 = [None] * (L * D)
         dc0 = [None] * (L * D)
+        grads = OrderedDict()
         grad = dout
         for layer in range(L - 1, -1, -1):
             if tape["masks"][layer] is not None:
@@ -252,20 +270,32 @@ class RNNBase:
                 dx = g.dx if d == 0 else _reverse_within_length(xp, g.dx, lengths)
                 dinput = dx if dinput is None else dinput + dx
                 dh0[k], dc0[k] = g.dh0, g.dc0
-                tag = f"l{layer}{'_reverse' if d else ''}"
-                self.grads[f"weight_ih_{tag}"] += g.dw_ih
-                self.grads[f"weight_hh_{tag}"] += g.dw_hh
+                tag = _tag(layer, d)
+                grads[f"weight_ih_{tag}"] = g.dw_ih
+                grads[f"weight_hh_{tag}"] = g.dw_hh
                 if self.bias:
-                    self.grads[f"bias_ih_{tag}"] += g.db_ih
-                    self.grads[f"bias_hh_{tag}"] += g.db_hh
+                    grads[f"bias_ih_{tag}"] = g.db_ih
+                    grads[f"bias_hh_{tag}"] = g.db_hh
             grad = dinput
 
         dx = xp.ascontiguousarray(grad.transpose(1, 0, 2)) if self.batch_first else grad
         dx = be.to_user(dx, user_dout)
         dh0 = be.to_user(xp.stack(dh0), user_dout)
         if self.spec.has_cell_state:
-            return dx, (dh0, be.to_user(xp.stack(dc0), user_dout))
-        return dx, dh0
+            dh0 = (dh0, be.to_user(xp.stack(dc0), user_dout))
+        return dx, dh0, grads
+
+
+def _tag(layer, d):
+    """The torch name suffix of a layer-direction: l0, l0_reverse, l1, ..."""
+    return f"l{layer}{'_reverse' if d else ''}"
+
+
+def _layer_weights(params, layer, d):
+    """(w_ih, w_hh, b_ih, b_hh) of one layer-direction; biases None without bias."""
+    tag = _tag(layer, d)
+    return (params[f"weight_ih_{tag}"], params[f"weight_hh_{tag}"],
+            params.get(f"bias_ih_{tag}"), params.get(f"bias_hh_{tag}"))
 
 
 def _reverse_within_length(xp, a, lengths):

@@ -7,7 +7,6 @@ import copy
 import io
 import pickle
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install gpurnn[torch])")
@@ -37,11 +36,11 @@ def make_pair(cell, backend="numpy", dtype=torch.float64, seed=0, **options):
     return ours, ref
 
 
-def state_of(cell, L, D, batch, dtype, seed):
+def state_of(cell, L, D, batch, dtype, seed, hidden=H):
     g = torch.Generator().manual_seed(seed)
-    h0 = torch.randn(L * D, batch, H, generator=g, dtype=dtype)
+    h0 = torch.randn(L * D, batch, hidden, generator=g, dtype=dtype)
     if cell == "lstm":
-        return h0, torch.randn(L * D, batch, H, generator=g, dtype=dtype)
+        return h0, torch.randn(L * D, batch, hidden, generator=g, dtype=dtype)
     return h0, None
 
 
@@ -106,7 +105,7 @@ def test_gradcheck_float64(cell, option):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn((Bg, Tg, 2) if m.batch_first else (Tg, Bg, 2), generator=gen, dtype=torch.float64)
     lengths = torch.tensor([3, 2]) if (use_lengths or use_packed) else None
-    h0, c0 = state_of(cell, L, D, Bg, torch.float64, 2) if use_h0 else (None, None)
+    h0, c0 = state_of(cell, L, D, Bg, torch.float64, 2, hidden=2) if use_h0 else (None, None)
     names = [n for n, _ in m.named_parameters()]
     params = [p.detach().clone() for _, p in m.named_parameters()]
     inputs = [t.requires_grad_() for t in [x, h0, c0, *params] if t is not None]
@@ -124,6 +123,28 @@ def test_gradcheck_float64(cell, option):
         else:
             kwargs = {"lengths": lengths} if use_lengths else {}
             out, hn = functional_call(m, ps, (xx, as_hx(cell, hh, cc)), kwargs)
+        return (out, *states(hn))
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.skipif("cpu" not in BACKENDS, reason="the Numba 'cpu' backend is not available here")
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gradcheck_float64_cpu_backend(cell):
+    m = CELLS[cell][0](2, 2, num_layers=2, bidirectional=True, batch_first=True,
+                       dtype=torch.float64, backend="cpu")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 2, generator=gen, dtype=torch.float64, requires_grad=True)
+    h0, c0 = state_of(cell, 2, 2, 2, torch.float64, 4, hidden=2)
+    names = [n for n, _ in m.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in m.parameters()]
+    inputs = [t for t in [x, h0.requires_grad_(), None if c0 is None else c0.requires_grad_(), *params]
+              if t is not None]
+
+    def fn(xx, hh, *rest):
+        cc, ps = (rest[0], rest[1:]) if cell == "lstm" else (None, rest)
+        out, hn = functional_call(m, dict(zip(names, ps)), (xx, as_hx(cell, hh, cc)),
+                                  {"lengths": torch.tensor([3, 1])})
         return (out, *states(hn))
 
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
@@ -342,7 +363,7 @@ def _training_run(lstm_cls, dtype, steps=3, **lstm_kwargs):
         lstm=lstm_cls(emb, hidden, num_layers=2, batch_first=True, **lstm_kwargs),
         head=torch.nn.Linear(hidden, vocab),
     )).to(dtype)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
     g = torch.Generator().manual_seed(99)
     history = []
     for _ in range(steps):
@@ -357,10 +378,13 @@ def _training_run(lstm_cls, dtype, steps=3, **lstm_kwargs):
     return history, {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("backend", ["auto", "numpy"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_training_script_swap_gives_same_gradients(dtype):
+def test_training_script_swap_gives_same_gradients(dtype, backend):
     hist_ref, final_ref = _training_run(torch.nn.LSTM, dtype)
-    hist_ours, final_ours = _training_run(gt.LSTM, dtype, backend="numpy")
+    # "auto" passes no backend at all: the script is literally unchanged but for the class
+    hist_ours, final_ours = _training_run(gt.LSTM, dtype,
+                                          **({} if backend == "auto" else dict(backend=backend)))
     tol = dict(rtol=1e-9, atol=1e-11) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
     for (loss_r, grads_r), (loss_o, grads_o) in zip(hist_ref, hist_ours):
         assert loss_o == pytest.approx(loss_r, rel=tol["rtol"] * 10)
