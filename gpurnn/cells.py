@@ -54,11 +54,14 @@ class CellMath:
     """Scalar pointwise functions for one dtype (attributes listed in make_cell_math)."""
 
 
-def make_cell_math(dtype, exp=math.exp, tanh=math.tanh):
+def make_cell_math(dtype, exp=math.exp, tanh=math.tanh, jit=None):
     """Scalar cell functions whose constants have type ``dtype``.
 
     ``exp`` and ``tanh`` are injectable because targets differ in what is fastest
     (e.g. ``np.tanh`` beats ``math.tanh`` on float32 under ``numba.njit``).
+    ``jit`` (optional, e.g. ``numba.njit`` or ``cuda.jit(device=True)``) is applied to each
+    function as it is defined, so the functions that call ``sigmoid`` call its compiled
+    version: a compiler cannot type a call to a plain Python function. None = plain Python.
 
     Forward  (pre-activations in, everything the backward needs out):
       rnn_tanh_fwd(a) -> h            rnn_relu_fwd(a) -> h
@@ -72,16 +75,21 @@ def make_cell_math(dtype, exp=math.exp, tanh=math.tanh):
     """
     dtype = np.dtype(dtype).type
     zero, one = dtype(0), dtype(1)
+    compiled = jit if jit is not None else (lambda fn: fn)
 
+    @compiled
     def sigmoid(x):
         return one / (one + exp(-x))
 
+    @compiled
     def rnn_tanh_fwd(a):
         return tanh(a)
 
+    @compiled
     def rnn_relu_fwd(a):
         return a if a > zero else zero
 
+    @compiled
     def lstm_fwd(ai, af, ag, ao, c_prev):
         i = sigmoid(ai)
         f = sigmoid(af)
@@ -90,18 +98,22 @@ def make_cell_math(dtype, exp=math.exp, tanh=math.tanh):
         c = f * c_prev + i * g
         return i, f, g, o, c, o * tanh(c)
 
+    @compiled
     def gru_fwd(ar, az, ax_n, ah_n, h_prev):
         r = sigmoid(ar)
         z = sigmoid(az)
         n = tanh(ax_n + r * ah_n)
         return r, z, n, (one - z) * n + z * h_prev
 
+    @compiled
     def rnn_tanh_bwd(dh, h):
         return dh * (one - h * h)
 
+    @compiled
     def rnn_relu_bwd(dh, h):
         return dh if h > zero else zero
 
+    @compiled
     def lstm_bwd(dh, dc, i, f, g, o, c, c_prev):
         tc = tanh(c)
         dc_total = dc + dh * o * (one - tc * tc)
@@ -111,6 +123,7 @@ def make_cell_math(dtype, exp=math.exp, tanh=math.tanh):
         dao = dh * tc * o * (one - o)
         return dai, daf, dag, dao, dc_total * f
 
+    @compiled
     def gru_bwd(dh, r, z, n, ah_n, h_prev):
         dan = dh * (one - z) * (one - n * n)
         dar = dan * ah_n * r * (one - r)

@@ -1,0 +1,170 @@
+"""PTX report: compile every CUDA kernel of gpurnn for sm_90 with no GPU, check and size it.
+
+What it does: for every kernel version (fwd/bwd step, fwd/bwd persistent single-block and
+grid, gemm) x every cell x float32/float64, ``cuda.compile_ptx(..., cc=(9, 0))``; asserts
+that no float32 kernel contains a float64 instruction (``.f64``); reports registers,
+spills and shared memory per kernel from ``ptxas -v`` when a ptxas is found (the
+nvidia-cuda-nvcc wheel or PATH), else the PTX-declared register counts (``.reg``).
+
+Run (own process; the simulator must be OFF, no GPU needed):
+    NUMBA_ENABLE_CUDASIM=0 python -m gpurnn.cuda.ptx_report [--out report.md] [--ptx-dir DIR]
+Exit status 0 when every float32 kernel is free of .f64, 1 otherwise; 3 when numba-cuda's
+CUDA extra (NVVM) is missing. Tested by tests/test_cuda_ptx.py.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+CC = (9, 0)
+
+
+def _patch_device():
+    """Kernels calling device functions ask for the current device's compute capability;
+    there is no device here, so report sm_90 (this script only)."""
+    import numba.cuda.dispatcher as disp
+
+    class _Dev:
+        compute_capability = CC
+        id = 0
+        name = b"sm_90 (ptx_report)"
+
+    disp.get_current_device = lambda: _Dev()
+
+
+def _signature(kind, dtype):
+    from numba import boolean, float32, float64, int32, int64, void
+    f = (float32 if dtype == "float32" else float64)[::1]
+    i = int64
+    lens = int32[::1]
+    if kind == "fwd_step":
+        return void(i, i, i, i, f, f, f, lens, f, f, f, f)
+    if kind == "fwd_persist":
+        return void(i, i, i, i, i, f, f, f, lens, f, f, f, f)
+    if kind == "bwd_step":
+        return void(i, i, i, i, i, f, f, f, lens, f, f, f, f, f, f, f, f, f, f)
+    if kind == "bwd_persist":
+        return void(i, i, i, i, i, i, f, f, f, lens, f, f, f, f, f, f, f, f)
+    if kind == "gemm":
+        return void(i, i, i, f, i, i, f, i, i, f, f, boolean)
+    raise ValueError(kind)
+
+
+def _ptxas():
+    try:
+        import nvidia.cuda_nvcc as m
+        for base in m.__path__:
+            p = os.path.join(base, "bin", "ptxas")
+            if os.path.exists(p):
+                return p
+    except ImportError:
+        pass
+    return shutil.which("ptxas")
+
+
+def _ptxas_info(ptxas, ptx, extra=()):
+    """(registers, spill bytes, static smem bytes) from ptxas -v, or None."""
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as fh:
+            fh.write(ptx)
+        try:
+            # -c: relocatable (grid sync calls into cudadevrt, linked at load time)
+            r = subprocess.run([ptxas, f"-arch=sm_{CC[0]}{CC[1]}", "-c", "-v", *extra, src,
+                                "-o", os.path.join(d, "k.cubin")],
+                               capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    text = r.stdout + r.stderr
+    if r.returncode != 0:
+        return None
+    regs = re.findall(r"Used (\d+) registers", text)
+    smem = re.findall(r"(\d+) bytes smem", text)
+    spill = re.findall(r"(\d+) bytes spill stores", text)
+    if not regs:
+        return None
+    return int(regs[-1]), int(spill[-1]) if spill else 0, int(smem[-1]) if smem else None
+
+
+def _declared(ptx):
+    """Registers declared in the PTX (virtual; an upper bound before ptxas allocation)
+    and static shared bytes."""
+    regs = sum(int(n) for n in re.findall(r"\.reg\s+\.\w+\s+%\w+<(\d+)>", ptx))
+    smem = 0
+    for m in re.finditer(r"\.shared\s+\.align\s+\d+\s+\.b8\s+\w+\[(\d+)\]", ptx):
+        smem += int(m.group(1))
+    return regs, smem
+
+
+def f64_lines(ptx):
+    return [ln.strip() for ln in ptx.splitlines() if ".f64" in ln]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", help="also write the Markdown table here")
+    ap.add_argument("--ptx-dir", help="write each kernel's PTX here")
+    args = ap.parse_args(argv)
+
+    from numba import config
+    if config.ENABLE_CUDASIM:
+        print("ptx_report: run with NUMBA_ENABLE_CUDASIM=0 (the simulator compiles no PTX)")
+        return 2
+    try:
+        from numba import cuda
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+    except Exception as exc:   # CUDA extra (NVVM) missing
+        print(f"ptx_report: SKIP numba-cuda's CUDA extra is missing ({exc})")
+        return 3
+    _patch_device()
+    from . import kernels as K
+
+    ptxas = _ptxas()
+    rows, bad = [], []
+    for name, kern, kind, dtype in K.all_kernels():
+        ptx, _ = cuda.compile_ptx(kern.py_func, _signature(kind, dtype), cc=CC,
+                                  **({"lineinfo": True} if os.environ.get("GPURNN_LINEINFO") == "1" else {}))
+        if args.ptx_dir:
+            os.makedirs(args.ptx_dir, exist_ok=True)
+            with open(os.path.join(args.ptx_dir, re.sub(r"[^\w]+", "_", name) + ".ptx"), "w") as fh:
+                fh.write(ptx)
+        f64 = f64_lines(ptx)
+        if dtype == "float32" and f64:
+            bad.append((name, f64[:5]))
+        # persistent kernels are built with max_registers (kernels.PERSIST_MAX_REGISTERS)
+        extra = (f"-maxrregcount={K.PERSIST_MAX_REGISTERS}",) if "persist" in kind else ()
+        info = _ptxas_info(ptxas, ptx, extra) if ptxas else None
+        dregs, dsmem = _declared(ptx)
+        dyn = "G*J*H*itemsize (dynamic)" if "persist" in kind else "0"
+        if info:
+            smem = info[2] if info[2] is not None else dsmem
+            rows.append((name, str(info[0]), str(info[1]), str(smem), dyn, len(f64)))
+        else:
+            rows.append((name, f"{dregs} (PTX-declared)", "?", str(dsmem), dyn, len(f64)))
+
+    src = f"ptxas -v ({ptxas})" if ptxas else "PTX .reg declarations (no ptxas found)"
+    lines = [f"# gpurnn CUDA kernels, sm_{CC[0]}{CC[1]} (registers from {src})", "",
+             "| kernel | registers | spill bytes | static smem bytes | dynamic smem | .f64 lines |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]} | {r[5]} |" for r in rows]
+    lines.append("")
+    if bad:
+        lines.append("FAIL: float64 instructions in float32 kernels:")
+        for name, sample in bad:
+            lines.append(f"  {name}: {sample}")
+    else:
+        lines.append(f"OK: {sum(1 for r in rows if 'float32' in r[0])} float32 kernels, no .f64")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text + "\n")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
