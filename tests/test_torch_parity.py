@@ -54,6 +54,20 @@ CASES = [
 @pytest.mark.parametrize("opts", CASES, ids=["plain", "2layer-bidir", "2layer-batchfirst", "bidir-nobias"])
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_matches_torch(cell, opts, with_lengths, dtype, tol, backend, rng):
+    check_against_torch(cell, opts, with_lengths, dtype, tol, backend, rng)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["padded", "packed"])
+@pytest.mark.parametrize("opts", CASES, ids=["plain", "2layer-bidir", "2layer-batchfirst", "bidir-nobias"])
+@pytest.mark.parametrize("cell", ALL_CELLS)
+def test_cuda_backend_matches_torch(cell, opts, with_lengths, rng):
+    """float32 only: in the simulator every case costs seconds (CUDA threads are Python)."""
+    if "cuda" not in gpurnn.available_backends():
+        pytest.skip("cuda backend unavailable (numba-cuda missing)")
+    check_against_torch(cell, opts, with_lengths, "float32", 1e-5, "cuda", rng)
+
+
+def check_against_torch(cell, opts, with_lengths, dtype, tol, backend, rng):
     T, B, I, H = 7, 3, 5, 6
     model = make_model(cell, I, H, backend=backend, dtype=dtype, seed=21, **opts)
     x = rng.standard_normal((B, T, I) if model.batch_first else (T, B, I)).astype(dtype)
