@@ -61,6 +61,11 @@ class RNNBase:
         """Name of the backend this module runs on."""
         return self._backend.name
 
+    @property
+    def backend_impl(self):
+        """The backend object itself (its ``xp`` array module, ``asarray``, ...)."""
+        return self._backend
+
     def _param_shapes(self):
         G, H, D = self.spec.n_gates, self.hidden_size, self.num_directions
         shapes = OrderedDict()

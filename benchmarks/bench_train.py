@@ -1,0 +1,166 @@
+"""Training throughput of `gpurnn train`'s model vs the same model in PyTorch (CPU).
+
+One training step = forward over a window of k characters for B streams, softmax
+cross-entropy, BPTT, gradient clipping, Adam — exactly what `gpurnn train` does per step,
+with the same sizes (defaults are the CLI's) and the same one-hot inputs on both sides.
+Steps are timed after warm-up (JIT compilation excluded); chars/s = B*k / median step time.
+
+    python benchmarks/bench_train.py                       # backend auto (+ numpy) vs torch
+    python benchmarks/bench_train.py --backends cpu,numpy --steps 30
+    python benchmarks/bench_train.py --hidden 128 --batch 16 --out /tmp/r.md
+
+Writes benchmarks/RESULTS_train.md (table, exact command, machine and versions).
+"""
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from importlib import metadata
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
+from gpurnn.charlm import LMConfig, Trainer  # noqa: E402
+from gpurnn.data import default_corpus  # noqa: E402
+
+
+def time_steps(step, warmup, steps):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_gpurnn(text, args, backend):
+    trainer = Trainer(text, LMConfig(cell=args.cell, hidden=args.hidden, layers=args.layers,
+                                     window=args.window, batch=args.batch, backend=backend))
+    times = time_steps(trainer.train_step, args.warmup, args.steps)
+    return trainer.lm.backend, trainer, times
+
+
+def bench_torch(trainer, args):
+    import torch
+    torch.manual_seed(0)
+    V, H = len(trainer.vocab), args.hidden
+    rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN}[args.cell]
+    rnn = rnn_cls(V, H, num_layers=args.layers)
+    head = torch.nn.Linear(H, V)
+    params = list(rnn.parameters()) + list(head.parameters())
+    opt = torch.optim.Adam(params, lr=trainer.config.lr)
+    streams = torch.from_numpy(trainer.streams)
+    k = args.window
+    state = {"h": None, "w": 0}
+
+    def step():
+        w = state["w"] % trainer.windows_per_epoch
+        x = streams[:, w * k:(w + 1) * k].T
+        y = streams[:, w * k + 1:(w + 1) * k + 1].T
+        inputs = torch.nn.functional.one_hot(x, V).float()
+        h = state["h"]
+        if h is not None:   # carry the state, stop its gradient (truncated BPTT)
+            h = tuple(s.detach() for s in h) if isinstance(h, tuple) else h.detach()
+        out, state["h"] = rnn(inputs, h)
+        loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, V), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, trainer.config.clip)
+        opt.step()
+        state["w"] += 1
+
+    return time_steps(step, args.warmup, args.steps), torch.get_num_threads()
+
+
+def version(dist):
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backends", default="auto,numpy",
+                   help="gpurnn backends to time, comma-separated (default: auto,numpy)")
+    p.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh"])
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=1)
+    p.add_argument("--window", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=15, help="timed steps per model")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (JIT compile)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_train.md"))
+    args = p.parse_args(argv)
+
+    text, source = default_corpus()
+    chars = args.batch * args.window
+    rows, seen, trainer = [], set(), None
+    for name in [b for b in args.backends.split(",") if b]:
+        try:
+            resolved = get_backend(name).name
+        except BackendUnavailable as exc:
+            print(f"skipping backend {name!r}: {exc}", flush=True)
+            continue
+        if resolved in seen:
+            continue                      # "auto" resolved to a backend already timed
+        seen.add(resolved)
+        _, trainer, times = bench_gpurnn(text, args, resolved)
+        label = f"gpurnn backend={resolved}" + (" (auto)" if name == "auto" else "")
+        rows.append((label, times))
+        print(f"{label}: {chars / statistics.median(times):,.0f} chars/s", flush=True)
+    torch_threads = None
+    try:
+        times, torch_threads = bench_torch(trainer, args)
+        rows.append((f"PyTorch {version('torch')} CPU ({torch_threads} threads)", times))
+        print(f"torch: {chars / statistics.median(times):,.0f} chars/s", flush=True)
+    except ImportError:
+        print("torch not installed: no PyTorch row", flush=True)
+
+    torch_median = statistics.median(rows[-1][1]) if torch_threads else None
+    lines = [
+        "# `gpurnn train` throughput vs PyTorch CPU",
+        "",
+        f"Model: {args.cell}, {args.layers}x{args.hidden} hidden, vocabulary {len(trainer.vocab)} (one-hot inputs), "
+        f"window k={args.window}, batch B={args.batch} ({chars} chars/step); Adam, clip 5; "
+        f"median of {args.steps} steps after {args.warmup} warm-up steps. Text: {source}.",
+        "",
+        "| model | median ms/step | p20 ms | p80 ms | chars/s | vs PyTorch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, times in rows:
+        med = statistics.median(times)
+        q = np.percentile(times, [20, 80])
+        ratio = f"{torch_median / med:.2f}x" if torch_median else "n/a"
+        lines.append(f"| {label} | {med * 1e3:.1f} | {q[0] * 1e3:.1f} | {q[1] * 1e3:.1f} | {chars / med:,.0f} | {ratio} |")
+    env_prefix = "".join(f"{k}={os.environ[k]} " for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+                         if k in os.environ)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    lines += [
+        "",
+        "`vs PyTorch` > 1 means faster than PyTorch on the same machine in the same run.",
+        "",
+        f"Command: `{env_prefix}python {' '.join([os.path.relpath(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))}`",
+        "",
+        f"Machine: {platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"load average {tuple(round(x, 1) for x in load) if load[0] != '?' else '?'} at the end of the run; "
+        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.",
+        "",
+        f"Versions: Python {platform.python_version()}, numpy {version('numpy')}, scipy {version('scipy')}, "
+        f"numba {version('numba')}, numba-cuda {version('numba-cuda')}, torch {version('torch')}.",
+        "",
+    ]
+    with open(args.out, "w") as f:
+        f.write("\n".join(lines))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
