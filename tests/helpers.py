@@ -45,3 +45,24 @@ def rel_err(a, b):
 def reseed_dropout(model, seed=1234):
     """Make the next forward draw the same dropout masks as the last reseeded one."""
     model._dropout_rng = np.random.default_rng(seed)
+
+
+def numeric_grad(f, array, eps=1e-6, indices=None):
+    """Central differences of the scalar f() w.r.t. elements of ``array``.
+
+    ``array`` is perturbed in place and restored. With ``indices`` (flat positions) only
+    those elements are differenced and a 1-D array of their derivatives is returned;
+    otherwise the full gradient, shaped like ``array``.
+    """
+    flat = array.reshape(-1)
+    positions = range(flat.size) if indices is None else indices
+    fd = np.zeros(len(positions))
+    for n, i in enumerate(positions):
+        orig = flat[i]
+        flat[i] = orig + eps
+        up = f()
+        flat[i] = orig - eps
+        down = f()
+        flat[i] = orig
+        fd[n] = (up - down) / (2 * eps)
+    return fd.reshape(array.shape) if indices is None else fd

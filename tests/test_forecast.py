@@ -3,6 +3,8 @@ lecture note predicts on the two synthetic series."""
 import numpy as np
 import pytest
 
+from helpers import numeric_grad
+
 from gpurnn.forecast import (DEFAULT_AR_COEFFS, ARModel, LatentAR, WindowMLP, ar_series, evaluate_models,
                              lagged, quasi_periodic_series, results_table)
 
@@ -28,17 +30,9 @@ def test_window_mlp_gradients_by_finite_differences(rng):
                   "w2": rng.standard_normal(4), "b2": np.array(0.3)}
     X, y = rng.standard_normal((6, 3)), rng.standard_normal(6)
     _, grads = mlp.loss_and_grads(X, y)
-    eps = 1e-6
     for name, p in mlp.params.items():
-        flat = p.reshape(-1)
-        for i in range(flat.size):
-            old = flat[i]
-            flat[i] = old + eps
-            up = mlp.loss_and_grads(X, y)[0]
-            flat[i] = old - eps
-            down = mlp.loss_and_grads(X, y)[0]
-            flat[i] = old
-            assert (up - down) / (2 * eps) == pytest.approx(grads[name].reshape(-1)[i], rel=1e-6, abs=1e-9)
+        fd = numeric_grad(lambda: mlp.loss_and_grads(X, y)[0], p)
+        assert fd == pytest.approx(grads[name], rel=1e-6, abs=1e-9), name
 
 
 def models(tau):

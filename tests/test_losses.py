@@ -4,6 +4,8 @@ import math
 import numpy as np
 import pytest
 
+from helpers import numeric_grad
+
 from gpurnn.losses import OutputLayer, cross_entropy, log_softmax, nats_to_bits, unigram_entropy_bits
 
 
@@ -35,13 +37,7 @@ def test_cross_entropy_gradient_by_finite_differences(rng, reduction):
     logits = rng.standard_normal((4, 6))
     targets = rng.integers(0, 6, 4)
     _, grad = cross_entropy(logits, targets, reduction)
-    eps = 1e-6
-    fd = np.zeros_like(logits)
-    for idx in np.ndindex(logits.shape):
-        plus, minus = logits.copy(), logits.copy()
-        plus[idx] += eps
-        minus[idx] -= eps
-        fd[idx] = (cross_entropy(plus, targets, reduction)[0] - cross_entropy(minus, targets, reduction)[0]) / (2 * eps)
+    fd = numeric_grad(lambda: cross_entropy(logits, targets, reduction)[0], logits)
     assert np.max(np.abs(fd - grad)) / np.max(np.abs(grad)) < 1e-7
 
 
@@ -56,28 +52,10 @@ def test_output_layer_backward_by_finite_differences(rng):
     def loss_at():
         return cross_entropy(head.logits(h.reshape(-1, 5)), y.reshape(-1))[0]
 
-    eps = 1e-6
     for name, analytic in (("weight", head.grads["weight"]), ("bias", head.grads["bias"])):
-        p = head.parameters()[name]
-        fd = np.zeros_like(p)
-        for idx in np.ndindex(p.shape):
-            old = p[idx]
-            p[idx] = old + eps
-            up = loss_at()
-            p[idx] = old - eps
-            down = loss_at()
-            p[idx] = old
-            fd[idx] = (up - down) / (2 * eps)
+        fd = numeric_grad(loss_at, head.parameters()[name])
         assert np.max(np.abs(fd - analytic)) / np.max(np.abs(analytic)) < 1e-7, name
-    fd_h = np.zeros_like(h)
-    for idx in np.ndindex(h.shape):
-        old = h[idx]
-        h[idx] = old + eps
-        up = loss_at()
-        h[idx] = old - eps
-        down = loss_at()
-        h[idx] = old
-        fd_h[idx] = (up - down) / (2 * eps)
+    fd_h = numeric_grad(loss_at, h)
     assert np.max(np.abs(fd_h - dh)) / np.max(np.abs(dh)) < 1e-7
 
 

@@ -11,9 +11,9 @@ truncation tests difference that surrogate, so they check what truncation comput
 import numpy as np
 import pytest
 
-from helpers import ALL_CELLS, is_lstm, make_model, random_state, rel_err, reseed_dropout, state_parts
+from helpers import (ALL_CELLS, is_lstm, make_model, numeric_grad, random_state, rel_err, reseed_dropout,
+                     state_parts)
 
-EPS = 1e-6
 TOL = 1e-6
 
 
@@ -32,21 +32,6 @@ def _loss(model, x, state, lengths, g_out, g_state):
     return float(np.sum(out * g_out) + sum(np.sum(s * g) for s, g in zip(state_parts(st), g_state)))
 
 
-def _numeric_grad(f, array):
-    """Central differences of f() w.r.t. every element of ``array`` (perturbed in place)."""
-    grad = np.zeros_like(array)
-    flat, gflat = array.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        orig = flat[i]
-        flat[i] = orig + EPS
-        up = f()
-        flat[i] = orig - EPS
-        down = f()
-        flat[i] = orig
-        gflat[i] = (up - down) / (2 * EPS)
-    return grad
-
-
 def _check_all_gradients(model, x, state, lengths, rng):
     T, B = (x.shape[1], x.shape[0]) if model.batch_first else x.shape[:2]
     g_out, g_state = _probe(model, rng, T, B)
@@ -56,10 +41,10 @@ def _check_all_gradients(model, x, state, lengths, rng):
     dh_n = g_state if is_lstm(model) else g_state[0]
     dx, dstate = model.backward(g_out, dh_n)
     for name, p in model.parameters().items():
-        assert rel_err(model.grads[name], _numeric_grad(f, p)) <= TOL, name
-    assert rel_err(dx, _numeric_grad(f, x)) <= TOL, "dx"
+        assert rel_err(model.grads[name], numeric_grad(f, p)) <= TOL, name
+    assert rel_err(dx, numeric_grad(f, x)) <= TOL, "dx"
     for i, (s, ds) in enumerate(zip(state_parts(state), state_parts(dstate))):
-        assert rel_err(ds, _numeric_grad(f, s)) <= TOL, f"dstate[{i}]"
+        assert rel_err(ds, numeric_grad(f, s)) <= TOL, f"dstate[{i}]"
 
 
 @pytest.mark.parametrize("cell", ALL_CELLS)
@@ -114,5 +99,5 @@ def test_truncated_gradient_is_the_frozen_window_gradient(cell, k, rng):
     model.zero_grad()
     dx, _ = model.backward(g_out, g_state if is_lstm(model) else g_state[0], truncate=k)
     for name, p in model.parameters().items():
-        assert rel_err(model.grads[name], _numeric_grad(f, p)) <= TOL, name
-    assert rel_err(dx, _numeric_grad(f, x)) <= TOL, "dx"
+        assert rel_err(model.grads[name], numeric_grad(f, p)) <= TOL, name
+    assert rel_err(dx, numeric_grad(f, x)) <= TOL, "dx"
