@@ -26,7 +26,15 @@ Algorithm choice ``algo``:
                 launches and keeps W_hh on chip, so when it fits it is never slower in our
                 cost model: kernels_docs/cuda.md).
 ``last_algo`` records what actually ran: "step", "persistent-1block" or "persistent-grid".
+
+Streams: by default everything runs on Numba's default stream (and CuPy's current
+stream). ``with backend.use_stream(ptr):`` issues every kernel launch and device-array
+copy of this backend on the CUDA stream whose raw handle is ``ptr`` (``cuda.external_stream``;
+the torch bridge passes torch's current stream), and CuPy work too.
 """
+import contextlib
+import threading
+
 import numpy as np
 from numba import cuda
 
@@ -88,6 +96,7 @@ class CudaBackend:
         self.last_algo = None
         self._cp = _cupy()
         self.xp = self._cp if self._cp is not None else np
+        self._tls = threading.local()          # .stream: the use_stream stream, per thread
 
     def __repr__(self):
         return f"CudaBackend(algo={self.algo!r})"
@@ -106,7 +115,7 @@ class CudaBackend:
         if self._cp is not None:
             return self._cp.asarray(a, dtype=dtype)
         if _is_device_array(a) and not isinstance(a, np.ndarray):
-            a = a.copy_to_host()
+            a = self._to_host(a)
         return np.asarray(a, dtype=dtype)
 
     def to_user(self, a, like):
@@ -120,7 +129,73 @@ class CudaBackend:
         # a Numba device array (or another __cuda_array_interface__ exporter)
         if cp is not None:
             return cuda.as_cuda_array(a)         # zero-copy view of the CuPy buffer
-        return cuda.to_device(np.ascontiguousarray(a))
+        return self._to_device(np.ascontiguousarray(a))
+
+    # ------------------------------------------------------------------ streams
+    @property
+    def stream(self):
+        """The Numba stream launches and copies go to: the innermost ``use_stream`` of
+        this thread, else 0 (Numba's default stream)."""
+        s = getattr(self._tls, "stream", None)
+        return 0 if s is None else s
+
+    @contextlib.contextmanager
+    def use_stream(self, ptr):
+        """Issue this backend's work on another CUDA stream inside the ``with`` block.
+
+        ``ptr``: a raw ``cudaStream_t`` handle as an int (torch:
+        ``torch.cuda.current_stream().cuda_stream``; CuPy: ``stream.ptr``), wrapped with
+        ``numba.cuda.external_stream``; or a Numba stream object (``cuda.stream()``), used
+        as is. Every kernel launch and host<->device copy of this backend then goes to that
+        stream, and CuPy operations too (``cupy.cuda.ExternalStream``). Nests: the previous
+        stream is restored on exit. Per thread. Results copied back to the host are
+        synchronised with the stream before they are returned. Raw handles need a real GPU:
+        in the CUDA simulator (which has no external streams) they raise RuntimeError;
+        Numba stream objects work there. Yields the Numba stream.
+        """
+        raw = None
+        if isinstance(ptr, (int, np.integer)) and not isinstance(ptr, bool):
+            raw = int(ptr)
+            if raw < 0:
+                raise ValueError(f"use_stream: ptr must be a CUDA stream handle >= 0, got {raw}")
+            if K.SIMULATOR:
+                raise RuntimeError(
+                    "use_stream: raw CUDA stream handles need a real GPU; Numba's CUDA "
+                    "simulator has no external streams (pass a numba.cuda.stream() object "
+                    "there, or no stream)")
+            stream = cuda.external_stream(raw)
+        elif hasattr(ptr, "synchronize") and hasattr(ptr, "auto_synchronize"):
+            stream = ptr                      # a Numba (or simulated) stream object
+        else:
+            raise TypeError("use_stream: expected a CUDA stream handle (int) or a Numba "
+                            f"stream object, got {type(ptr).__name__}")
+        cp_stream = contextlib.nullcontext()
+        if self._cp is not None:
+            if raw is None:
+                raw = int(int(stream))        # numba Stream.__int__: the raw handle
+            cp_stream = self._cp.cuda.ExternalStream(raw)
+        prev = getattr(self._tls, "stream", None)
+        self._tls.stream = stream
+        try:
+            with cp_stream:
+                yield stream
+        finally:
+            self._tls.stream = prev
+
+    def _launch(self, kern, grid, block, smem=0):
+        """``kern[grid, block]`` on the current stream (see use_stream)."""
+        return kern[grid, block, self.stream, smem]
+
+    def _to_host(self, d):
+        """Host copy of a Numba device array, complete when it returns."""
+        s = self.stream
+        h = d.copy_to_host(stream=s)
+        if not isinstance(s, int):
+            s.synchronize()                   # a copy on a stream is asynchronous
+        return h
+
+    def _to_device(self, host):
+        return cuda.to_device(host, stream=self.stream)
 
     # ------------------------------------------------------------------ buffers
     def _empty(self, n, dtype):
@@ -128,8 +203,8 @@ class CudaBackend:
         if self._cp is not None:
             return (self._cp.full(n, np.nan, dtype) if self.poison else self._cp.empty(n, dtype))
         if self.poison:
-            return cuda.to_device(np.full(n, np.nan, dtype))
-        return cuda.device_array(n, dtype)
+            return self._to_device(np.full(n, np.nan, dtype))
+        return cuda.device_array(n, dtype, stream=self.stream)
 
     def _dev(self, a, dtype):
         """A flat device copy/view of an xp array (None stays None)."""
@@ -137,7 +212,7 @@ class CudaBackend:
             return None
         if self._cp is not None:
             return self._cp.ascontiguousarray(a, dtype=dtype).ravel()
-        return cuda.to_device(np.ascontiguousarray(a, dtype=dtype).ravel())
+        return self._to_device(np.ascontiguousarray(a, dtype=dtype).ravel())
 
     def _nb(self, *arrays):
         """Numba device-array views (zero-copy) of CuPy buffers, made once per call: a
@@ -156,14 +231,14 @@ class CudaBackend:
     def _from_host(self, host):
         if self._cp is not None:
             return self._cp.asarray(host)
-        return cuda.to_device(host)
+        return self._to_device(host)
 
     def _out(self, d, start, shape):
         """xp array of ``shape`` from the flat device buffer d[start:]."""
         n = int(np.prod(shape))
         if self._cp is not None:
             return d[start:start + n].reshape(shape).copy()
-        return d[start:start + n].copy_to_host().reshape(shape)
+        return self._to_host(d[start:start + n]).reshape(shape)
 
     def _zeros(self, n, dtype):
         return self._from_host(np.zeros(max(int(n), 1), dtype))
@@ -175,11 +250,8 @@ class CudaBackend:
             buf[:B * H] = 0 if s is None else self._cp.asarray(s, dtype).ravel()
             return buf
         host = np.full((T + 1) * B * H, np.nan if self.poison else 0, dtype)
-        if s is not None:
-            host[:B * H] = np.asarray(s, dtype).ravel()
-        else:
-            host[:B * H] = 0
-        return cuda.to_device(host)
+        host[:B * H] = 0 if s is None else np.asarray(s, dtype).ravel()
+        return self._from_host(host)
 
     # ------------------------------------------------------------------ GEMM
     def _mm(self, dtype, a, a_shape, ta, b, b_shape, tb, bias=None):
@@ -202,8 +274,8 @@ class CudaBackend:
         has_bias = bias is not None
         kern = K.gemm_kernel(dtype)
         grid = ((N + K.TS - 1) // K.TS, (M + K.TS - 1) // K.TS)
-        kern[grid, (K.TS, K.TS)](M, N, Ka, a, sam, sak, b, sbk, sbn, c,
-                                 bias if has_bias else c, has_bias)
+        self._launch(kern, grid, (K.TS, K.TS))(M, N, Ka, a, sam, sak, b, sbk, sbn, c,
+                                               bias if has_bias else c, has_bias)
         return c
 
     def _colsum(self, dtype, d, rows, cols):
@@ -309,7 +381,7 @@ class CudaBackend:
                                    K.VT * np.dtype(dtype).itemsize):
             return False
         try:
-            kern[nblk, threads, 0, smem](*args)
+            self._launch(kern, nblk, threads, smem)(*args)
         except Exception:
             if K.SIMULATOR:
                 raise
@@ -318,11 +390,16 @@ class CudaBackend:
         self.last_plan = dict(J=J, blocks=nblk, threads=threads, smem=smem, KS=KS)
         return True
 
-    @staticmethod
-    def _step_launch(B, H):
+    def _run_step(self, kern, B, H, steps, args_fn):
+        """The step kernel once per t in ``steps``, args_fn(t) its arguments; block
+        (min(32, H), BY) units x rows, BY = min(B, 4) (B in the simulator)."""
         bx = min(32, H)
         by = min(B, 4 if not K.SIMULATOR else B, max(1, 256 // bx))
-        return ((H + bx - 1) // bx, (B + by - 1) // by), (bx, by)
+        launch = self._launch(kern, ((H + bx - 1) // bx, (B + by - 1) // by), (bx, by))
+        for t in steps:
+            launch(*args_fn(t))
+        self.last_algo = "step"
+        self.last_plan = None
 
     # ------------------------------------------------------------------ forward
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
@@ -361,13 +438,8 @@ class CudaBackend:
                 self.last_plan["RB"] = rb
         self.last_forward_plan = self.last_plan if ran else None
         if not ran:
-            kern = K.fwd_step_kernel(cell, dtype)
-            grid, block = self._step_launch(B, H)
-            launch = kern[grid, block]
-            for t in range(T):
-                launch(t, T, B, H, *bufs)
-            self.last_algo = "step"
-            self.last_plan = None
+            self._run_step(K.fwd_step_kernel(cell, dtype), B, H, range(T),
+                           lambda t: (t, T, B, H) + bufs)
 
         out_x = self._out(out, 0, (T, B, H))
         h_n = self._out(hs, T * B * H, (B, H))
@@ -403,13 +475,8 @@ class CudaBackend:
             hcar = self._empty(B * H, dtype)
             ccar = self._empty(B * H, dtype) if has_c else self._zeros(1, dtype)
             a = self._nb(dgh, dgx, w, lens, hs, cs, act, dd, hcar, ccar, dhn, dcn, dh0, dc0)
-            kern = K.bwd_step_kernel(cell, dtype)
-            grid, block = self._step_launch(B, H)
-            launch = kern[grid, block]
-            for t in range(T - 1, -2, -1):
-                launch(t, T, B, H, trunc, *a)
-            self.last_algo = "step"
-            self.last_plan = None
+            self._run_step(K.bwd_step_kernel(cell, dtype), B, H, range(T - 1, -2, -1),
+                           lambda t: (t, T, B, H, trunc) + a)
 
         TB = T * B
         dw_hh = self._mm(dtype, dgh, (TB, GH), True, hs, (TB, H), False)

@@ -22,6 +22,8 @@ Versions (built lazily per (cell, dtype) by the factories below; no signature at
                            multi-block launch with cuda.cg.this_grid().sync() between
                            steps; grid=False: the single-block variant (syncthreads only).
   gemm                     TS x TS tiles (TS = 8 in the simulator, 16 on a GPU).
+Both versions of a direction share one per-unit body (_unit: fwd_unit / bwd_unit, and
+stage for the shared tile); they differ only in the dot products and where the state lives.
 
 Run / test:
   pytest tests/test_cuda_backend.py          (simulator on CI, real GPU with GPURNN_REAL_GPU=1)
@@ -172,6 +174,163 @@ def _pointwise(cell, dtype):
     return _cache[key]
 
 
+# ----------------------------------------------------------------------------- per unit
+def _step_geometry(B, H):
+    """Step kernels: block (BX units, BY rows) -> (j, b, b0, ty, by, tid, nth, active):
+    this thread's unit j and row b = b0 + ty, the block's first row b0 and BY rows, the
+    thread's linear id and the block size, and whether (j, b) is inside (H, B)."""
+    tx = cuda.threadIdx.x
+    ty = cuda.threadIdx.y
+    bx = cuda.blockDim.x
+    by = cuda.blockDim.y
+    j = cuda.blockIdx.x * bx + tx
+    b0 = cuda.blockIdx.y * by
+    b = b0 + ty
+    return j, b, b0, ty, by, ty * bx + tx, bx * by, j < H and b < B
+
+
+# (the persistent kernels keep their index prologue inline: the same factoring there cost
+# the LSTM/GRU grid kernels 2-6 registers and 32 spill bytes under the 168 cap, ptx_report)
+step_geometry = _device(_step_geometry)
+
+
+def _consts(cell, dtype):
+    """(G, HAS_C, SAVE, GRU, zero, nbt): the per-(cell, dtype) constants every kernel
+    factory closes over (typed, so float32 kernels stay free of float64)."""
+    spec = CELLS[cell]
+    return (spec.n_gates, spec.has_cell_state, cell in ("lstm", "gru"), cell == "gru",
+            np.dtype(dtype).type(0), _nb_type(dtype))
+
+
+def _unit(cell, dtype):
+    """Device functions fwd_unit / bwd_unit / stage: everything one (row b, unit j) pair does at
+    step t after the recurrent dot products. Shared by the step and persistent kernels,
+    which differ only in how the dot products are computed and where the state lives.
+
+    fwd_unit(t, B, H, b, j, r0..r3, hp, cp, gx, bhh, lens, act, out, hs, cs) -> (h, c)
+        r = recurrent sums (no bias yet); adds b_hh and Gx[t], runs the cell, writes
+        act[t, b, :, j], out[t, b, j] (0 past the row's length) and the state after step t
+        to hs[t+1, b, j], cs[t+1, b, j] ((hp, cp) unchanged past the row's length); returns
+        that state.
+    bwd_unit(t, B, H, b, j, ln, trunc, carry, dc, dout, act, hs, cs, dgh, dgx, dh0, dc0)
+        -> (hcar, ccar)
+        carry = dGh_{t+1} W_hh[:, j] + direct_{t+1} (or dh_n), dc the carried dc;
+        truncation cut; t = -1 writes dh0/dc0; else the pointwise backward writes
+        dgh[t, b, :, j] (dgx for GRU; 0 past the row's length) and returns what step t-1
+        receives besides dGh_t W_hh: (direct_t, dc_{t-1}), or (carry, dc) past the length.
+    stage(vsh, src, base, r0, nrows, B, K, k0, kt, stride, tid, nth)
+        the block's shared tile of the operand rows (h_{t-1} or dGh_{t+1}), see below.
+    """
+    key = ("unit", cell, np.dtype(dtype).name)
+    if key in _cache:
+        return _cache[key]
+    G, HAS_C, SAVE, GRU, zero, _ = _consts(cell, dtype)
+    pfwd, pbwd = _pointwise(cell, dtype)
+
+    def stage(vsh, src, base, r0, nrows, B, K, k0, kt, stride, tid, nth):
+        # between two syncthreads: vsh[rr*stride + kk] = src[base + (r0+rr)*K + k0+kk] for
+        # rr < nrows, kk < kt, 0 outside the (B, K) matrix (the block's tile of h / dGh)
+        cuda.syncthreads()
+        for idx in range(tid, nrows * kt, nth):
+            rr = idx // kt
+            kk = idx - rr * kt
+            v = zero
+            if r0 + rr < B and k0 + kk < K:
+                v = src[base + (r0 + rr) * K + k0 + kk]
+            vsh[rr * stride + kk] = v
+        cuda.syncthreads()
+
+    def fwd_unit(t, B, H, b, j, r0, r1, r2, r3, hp, cp, gx, bhh, lens, act, out, hs, cs):
+        GH = G * H
+        gb = (t * B + b) * GH + j
+        r0 += bhh[j]
+        g0 = gx[gb]
+        g1 = zero
+        g2 = zero
+        g3 = zero
+        if G > 1:
+            r1 += bhh[j + H]
+            r2 += bhh[j + 2 * H]
+            g1 = gx[gb + H]
+            g2 = gx[gb + 2 * H]
+        if G > 3:
+            r3 += bhh[j + 3 * H]
+            g3 = gx[gb + 3 * H]
+        h, c, s0, s1, s2, s3 = pfwd(g0, g1, g2, g3, r0, r1, r2, r3, hp, cp)
+        if SAVE:
+            a = (t * B + b) * NSLOT * H + j
+            act[a] = s0
+            act[a + H] = s1
+            act[a + 2 * H] = s2
+            act[a + 3 * H] = s3
+        o = (t * B + b) * H + j
+        if t < lens[b]:
+            out[o] = h
+        else:
+            out[o] = zero
+            h = hp
+            c = cp
+        hs[o + B * H] = h
+        if HAS_C:
+            cs[o + B * H] = c
+        return h, c
+
+    def bwd_unit(t, B, H, b, j, ln, trunc, carry, dc, dout, act, hs, cs, dgh, dgx, dh0, dc0):
+        # the cut only ever fires where step t+1 was a real step (t + 1 < ln <= T)
+        if t >= 0 and trunc > 0 and (t + 1) % trunc == 0 and t + 1 < ln:
+            carry = zero
+            dc = zero
+        p = b * H + j
+        if t < 0:
+            dh0[p] = carry
+            if HAS_C:
+                dc0[p] = dc
+            return carry, dc
+        gb = (t * B + b) * G * H + j
+        if t >= ln:
+            for g in range(G):
+                dgh[gb + g * H] = zero
+                if GRU:
+                    dgx[gb + g * H] = zero
+            return carry, dc
+        q = t * B * H + p
+        gh = carry + dout[q]
+        s0 = zero
+        s1 = zero
+        s2 = zero
+        s3 = zero
+        if SAVE:
+            a = (t * B + b) * NSLOT * H + j
+            s0 = act[a]
+            s1 = act[a + H]
+            s2 = act[a + 2 * H]
+            s3 = act[a + 3 * H]
+        h = hs[q + B * H]
+        hp = hs[q]
+        c = zero
+        cp = zero
+        if HAS_C:
+            c = cs[q + B * H]
+            cp = cs[q]
+        d0, d1, d2, d3, dh2, direct, dcp = pbwd(gh, dc, s0, s1, s2, s3, h, c, cp, hp)
+        dgh[gb] = d0
+        if G > 1:
+            dgh[gb + H] = d1
+            dgh[gb + 2 * H] = dh2
+        if G > 3:
+            dgh[gb + 3 * H] = d3
+        if GRU:
+            dgx[gb] = d0
+            dgx[gb + H] = d1
+            dgx[gb + 2 * H] = d2
+        return direct, dcp
+
+    # plain device functions: NVVM inlines them into every kernel anyway; Numba-IR
+    # inlining (inline="always") cost the persistent backward 2-6 registers (ptx_report)
+    _cache[key] = (_device(fwd_unit), _device(bwd_unit), _device(stage))
+    return _cache[key]
+
+
 # ----------------------------------------------------------------------------- forward
 def fwd_step_kernel(cell, dtype):
     """One timestep t: hs[t+1], cs[t+1], act[t], out[t] from hs[t], cs[t], gx[t].
@@ -182,27 +341,14 @@ def fwd_step_kernel(cell, dtype):
     key = ("fwd_step", cell, np.dtype(dtype).name, VT)
     if key in _cache:
         return _cache[key]
-    spec = CELLS[cell]
-    G, HAS_C, SAVE = spec.n_gates, spec.has_cell_state, cell in ("lstm", "gru")
-    dt = np.dtype(dtype).type
-    zero = dt(0)
-    nbt = _nb_type(dtype)
+    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
     vt = VT
-    pfwd, _ = _pointwise(cell, dtype)
+    fwd_unit, _, stage = _unit(cell, dtype)
 
     def fwd_step(t, T, B, H, gx, wt, bhh, lens, hs, cs, act, out):
         vsh = cuda.shared.array(vt, nbt)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        bx = cuda.blockDim.x
-        by = cuda.blockDim.y
-        j = cuda.blockIdx.x * bx + tx
-        b0 = cuda.blockIdx.y * by
-        b = b0 + ty
+        j, b, b0, ty, by, tid, nth, active = step_geometry(B, H)
         GH = G * H
-        active = j < H and b < B
-        tid = ty * bx + tx
-        nth = bx * by
         kt = vt // by
         if kt > H:
             kt = H
@@ -212,15 +358,7 @@ def fwd_step_kernel(cell, dtype):
         r2 = zero
         r3 = zero
         for k0 in range(0, H, kt):
-            cuda.syncthreads()
-            for idx in range(tid, by * kt, nth):
-                rr = idx // kt
-                kk = idx - rr * kt
-                v = zero
-                if b0 + rr < B and k0 + kk < H:
-                    v = hs[hrow + (b0 + rr) * H + k0 + kk]
-                vsh[idx] = v
-            cuda.syncthreads()
+            stage(vsh, hs, hrow, b0, by, B, H, k0, kt, kt, tid, nth)
             if active:
                 n = H - k0
                 if n > kt:
@@ -236,44 +374,11 @@ def fwd_step_kernel(cell, dtype):
                     if G > 3:
                         r3 += wt[w + 3 * H] * hv
         if active:
-            gb = (t * B + b) * GH + j
-            r0 += bhh[j]
-            g0 = gx[gb]
-            g1 = zero
-            g2 = zero
-            g3 = zero
-            if G > 1:
-                r1 += bhh[j + H]
-                r2 += bhh[j + 2 * H]
-                g1 = gx[gb + H]
-                g2 = gx[gb + 2 * H]
-            if G > 3:
-                r3 += bhh[j + 3 * H]
-                g3 = gx[gb + 3 * H]
             p = hrow + b * H + j
-            hp = hs[p]
             cp = zero
             if HAS_C:
                 cp = cs[p]
-            h, c, s0, s1, s2, s3 = pfwd(g0, g1, g2, g3, r0, r1, r2, r3, hp, cp)
-            if SAVE:
-                a = (t * B + b) * NSLOT * H + j
-                act[a] = s0
-                act[a + H] = s1
-                act[a + 2 * H] = s2
-                act[a + 3 * H] = s3
-            q = p + B * H
-            o = t * B * H + b * H + j
-            if t < lens[b]:
-                hs[q] = h
-                out[o] = h
-                if HAS_C:
-                    cs[q] = c
-            else:
-                hs[q] = hp
-                out[o] = zero
-                if HAS_C:
-                    cs[q] = cp
+            fwd_unit(t, B, H, b, j, r0, r1, r2, r3, hs[p], cp, gx, bhh, lens, act, out, hs, cs)
 
     _cache[key] = _kernel(fwd_step)
     return _cache[key]
@@ -294,16 +399,12 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
     key = ("fwd_persist", cell, np.dtype(dtype).name, bool(grid), int(rb), VT)
     if key in _cache:
         return _cache[key]
-    spec = CELLS[cell]
-    G, HAS_C, SAVE = spec.n_gates, spec.has_cell_state, cell in ("lstm", "gru")
+    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
     GRID = bool(grid)
     RB = int(rb)
     NACC = 4 * RB
-    dt = np.dtype(dtype).type
-    zero = dt(0)
-    nbt = _nb_type(dtype)
     vt = VT
-    pfwd, _ = _pointwise(cell, dtype)
+    fwd_unit, _, stage = _unit(cell, dtype)
 
     def fwd_persist(T, B, H, J, KS, gx, wt, bhh, lens, hs, cs, act, out):
         dyn = cuda.shared.array(0, nbt)        # W (J, GH+1 padded); partials (threads, G*RB)
@@ -351,15 +452,7 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
             for u in range(NACC):
                 acc[u] = zero
             for k0 in range(0, H, kt):
-                cuda.syncthreads()
-                for idx in range(tid, B * kt, nth):
-                    rr = idx // kt
-                    kk = idx - rr * kt
-                    v = zero
-                    if k0 + kk < H:
-                        v = hs[hrow + rr * H + k0 + kk]
-                    vsh[rr * ks1 + kk] = v
-                cuda.syncthreads()
+                stage(vsh, hs, hrow, 0, B, B, H, k0, kt, ks1, tid, nth)
                 if active:
                     n = H - k0
                     if n > kt:
@@ -404,42 +497,9 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
                 for r in range(RB):
                     b = bq + r
                     if b < B:
-                        gb = (t * B + b) * GH + j
-                        r0 = acc[4 * r] + bhh[j]
-                        r1 = acc[4 * r + 1]
-                        r2 = acc[4 * r + 2]
-                        r3 = acc[4 * r + 3]
-                        g0 = gx[gb]
-                        g1 = zero
-                        g2 = zero
-                        g3 = zero
-                        if G > 1:
-                            r1 += bhh[j + H]
-                            r2 += bhh[j + 2 * H]
-                            g1 = gx[gb + H]
-                            g2 = gx[gb + 2 * H]
-                        if G > 3:
-                            r3 += bhh[j + 3 * H]
-                            g3 = gx[gb + 3 * H]
-                        h, c, s0, s1, s2, s3 = pfwd(g0, g1, g2, g3, r0, r1, r2, r3,
-                                                    hreg[r], creg[r])
-                        if SAVE:
-                            a = (t * B + b) * NSLOT * H + j
-                            act[a] = s0
-                            act[a + H] = s1
-                            act[a + 2 * H] = s2
-                            act[a + 3 * H] = s3
-                        o = hrow + b * H + j
-                        if t < lens[b]:
-                            hreg[r] = h
-                            out[o] = h
-                            if HAS_C:
-                                creg[r] = c
-                        else:
-                            out[o] = zero
-                        hs[o + B * H] = hreg[r]
-                        if HAS_C:
-                            cs[o + B * H] = creg[r]
+                        hreg[r], creg[r] = fwd_unit(t, B, H, b, j, acc[4 * r], acc[4 * r + 1],
+                                                    acc[4 * r + 2], acc[4 * r + 3], hreg[r],
+                                                    creg[r], gx, bhh, lens, act, out, hs, cs)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -461,29 +521,15 @@ def bwd_step_kernel(cell, dtype):
     key = ("bwd_step", cell, np.dtype(dtype).name, VT)
     if key in _cache:
         return _cache[key]
-    spec = CELLS[cell]
-    G, HAS_C, SAVE = spec.n_gates, spec.has_cell_state, cell in ("lstm", "gru")
-    GRU = cell == "gru"
-    dt = np.dtype(dtype).type
-    zero = dt(0)
-    nbt = _nb_type(dtype)
+    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
     vt = VT
-    _, pbwd = _pointwise(cell, dtype)
+    _, bwd_unit, stage = _unit(cell, dtype)
 
     def bwd_step(t, T, B, H, trunc, dgh, dgx, w, lens, hs, cs, act, dout, hcar, ccar,
                  dhn, dcn, dh0, dc0):
         vsh = cuda.shared.array(vt, nbt)
-        tx = cuda.threadIdx.x
-        ty = cuda.threadIdx.y
-        bx = cuda.blockDim.x
-        by = cuda.blockDim.y
-        j = cuda.blockIdx.x * bx + tx
-        b0 = cuda.blockIdx.y * by
-        b = b0 + ty
+        j, b, b0, ty, by, tid, nth, active = step_geometry(B, H)
         GH = G * H
-        active = j < H and b < B
-        tid = ty * bx + tx
-        nth = bx * by
         acc = zero
         if t + 1 < T:
             kt = vt // by
@@ -491,15 +537,7 @@ def bwd_step_kernel(cell, dtype):
                 kt = GH
             drow = (t + 1) * B * GH
             for k0 in range(0, GH, kt):
-                cuda.syncthreads()
-                for idx in range(tid, by * kt, nth):
-                    rr = idx // kt
-                    kk = idx - rr * kt
-                    v = zero
-                    if b0 + rr < B and k0 + kk < GH:
-                        v = dgh[drow + (b0 + rr) * GH + k0 + kk]
-                    vsh[idx] = v
-                cuda.syncthreads()
+                stage(vsh, dgh, drow, b0, by, B, GH, k0, kt, kt, tid, nth)
                 if active:
                     n = GH - k0
                     if n > kt:
@@ -510,67 +548,21 @@ def bwd_step_kernel(cell, dtype):
         if not active:
             return
         p = b * H + j
+        dc = zero
         if t + 1 < T:
             carry = acc + hcar[p]
-            dc = zero
             if HAS_C:
                 dc = ccar[p]
-            if t >= 0 and trunc > 0 and (t + 1) % trunc == 0 and t + 1 < lens[b]:
-                carry = zero
-                dc = zero
         else:
             carry = dhn[p]
-            dc = zero
             if HAS_C:
                 dc = dcn[p]
-        if t < 0:
-            dh0[p] = carry
+        hc, cc = bwd_unit(t, B, H, b, j, lens[b], trunc, carry, dc, dout, act, hs, cs,
+                          dgh, dgx, dh0, dc0)
+        if t >= 0:
+            hcar[p] = hc
             if HAS_C:
-                dc0[p] = dc
-            return
-        gb = (t * B + b) * GH + j
-        if t < lens[b]:
-            gh = carry + dout[t * B * H + p]
-            s0 = zero
-            s1 = zero
-            s2 = zero
-            s3 = zero
-            if SAVE:
-                a = (t * B + b) * NSLOT * H + j
-                s0 = act[a]
-                s1 = act[a + H]
-                s2 = act[a + 2 * H]
-                s3 = act[a + 3 * H]
-            q = t * B * H + p
-            h = hs[q + B * H]
-            hp = hs[q]
-            c = zero
-            cp = zero
-            if HAS_C:
-                c = cs[q + B * H]
-                cp = cs[q]
-            d0, d1, d2, d3, dh2, direct, dcp = pbwd(gh, dc, s0, s1, s2, s3, h, c, cp, hp)
-            dgh[gb] = d0
-            if G > 1:
-                dgh[gb + H] = d1
-                dgh[gb + 2 * H] = dh2
-            if G > 3:
-                dgh[gb + 3 * H] = d3
-            if GRU:
-                dgx[gb] = d0
-                dgx[gb + H] = d1
-                dgx[gb + 2 * H] = d2
-            hcar[p] = direct
-            if HAS_C:
-                ccar[p] = dcp
-        else:
-            for g in range(G):
-                dgh[gb + g * H] = zero
-                if GRU:
-                    dgx[gb + g * H] = zero
-            hcar[p] = carry
-            if HAS_C:
-                ccar[p] = dc
+                ccar[p] = cc
 
     _cache[key] = _kernel(bwd_step)
     return _cache[key]
@@ -588,15 +580,10 @@ def bwd_persist_kernel(cell, dtype, grid):
     key = ("bwd_persist", cell, np.dtype(dtype).name, bool(grid), VT)
     if key in _cache:
         return _cache[key]
-    spec = CELLS[cell]
-    G, HAS_C, SAVE = spec.n_gates, spec.has_cell_state, cell in ("lstm", "gru")
-    GRU = cell == "gru"
+    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
     GRID = bool(grid)
-    dt = np.dtype(dtype).type
-    zero = dt(0)
-    nbt = _nb_type(dtype)
     vt = VT
-    _, pbwd = _pointwise(cell, dtype)
+    _, bwd_unit, stage = _unit(cell, dtype)
 
     def bwd_persist(T, B, H, J, KS, trunc, dgh, dgx, w, lens, hs, cs, act, dout,
                     dhn, dcn, dh0, dc0):
@@ -638,20 +625,11 @@ def bwd_persist_kernel(cell, dtype, grid):
         wb = jl * WS
         for t in range(T - 1, -2, -1):
             carry = hreg
-            dc = creg
             if t + 1 < T:
                 drow = (t + 1) * B * GH
                 acc = zero
                 for k0 in range(0, GH, kt):
-                    cuda.syncthreads()
-                    for idx in range(tid, B * kt, nth):
-                        rr = idx // kt
-                        kk = idx - rr * kt
-                        v = zero
-                        if k0 + kk < GH:
-                            v = dgh[drow + rr * GH + k0 + kk]
-                        vsh[rr * ks1 + kk] = v
-                    cuda.syncthreads()
+                    stage(vsh, dgh, drow, 0, B, B, GH, k0, kt, ks1, tid, nth)
                     if active:
                         n = GH - k0
                         if n > kt:
@@ -671,57 +649,9 @@ def bwd_persist_kernel(cell, dtype, grid):
                             dyn[RED + tid] = acc
                         span = half
                 carry = acc + hreg
-                if t >= 0 and trunc > 0 and (t + 1) % trunc == 0 and t + 1 < ln:
-                    carry = zero
-                    dc = zero
             if lead:
-                if t < 0:
-                    dh0[p] = carry
-                    if HAS_C:
-                        dc0[p] = dc
-                else:
-                    gb = (t * B + b) * GH + j
-                    if t < ln:
-                        gh = carry + dout[t * B * H + p]
-                        s0 = zero
-                        s1 = zero
-                        s2 = zero
-                        s3 = zero
-                        if SAVE:
-                            a = (t * B + b) * NSLOT * H + j
-                            s0 = act[a]
-                            s1 = act[a + H]
-                            s2 = act[a + 2 * H]
-                            s3 = act[a + 3 * H]
-                        q = t * B * H + p
-                        h = hs[q + B * H]
-                        hp = hs[q]
-                        c = zero
-                        cp = zero
-                        if HAS_C:
-                            c = cs[q + B * H]
-                            cp = cs[q]
-                        d0, d1, d2, d3, dh2, direct, dcp = pbwd(gh, dc, s0, s1, s2, s3,
-                                                                h, c, cp, hp)
-                        dgh[gb] = d0
-                        if G > 1:
-                            dgh[gb + H] = d1
-                            dgh[gb + 2 * H] = dh2
-                        if G > 3:
-                            dgh[gb + 3 * H] = d3
-                        if GRU:
-                            dgx[gb] = d0
-                            dgx[gb + H] = d1
-                            dgx[gb + 2 * H] = d2
-                        hreg = direct
-                        creg = dcp
-                    else:
-                        for g in range(G):
-                            dgh[gb + g * H] = zero
-                            if GRU:
-                                dgx[gb + g * H] = zero
-                        hreg = carry
-                        creg = dc
+                hreg, creg = bwd_unit(t, B, H, b, j, ln, trunc, carry, creg, dout, act, hs,
+                                      cs, dgh, dgx, dh0, dc0)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
