@@ -43,7 +43,6 @@ are written out from these shapes):
 """
 import math
 import os
-import types
 
 import numpy as np
 from numba import config as _nb_config
@@ -94,34 +93,8 @@ def cell_math(dtype):
     """gpurnn.cells' scalar math compiled as CUDA device functions for ``dtype``."""
     key = ("math", np.dtype(dtype).name)
     if key not in _cache:
-        try:
-            cm = make_cell_math(dtype, math.exp, math.tanh, jit=_device)
-        except TypeError:      # cells.py without the ``jit`` argument: rebind closures
-            cm = _rejit(make_cell_math(dtype, math.exp, math.tanh))
-        _cache[key] = cm
+        _cache[key] = make_cell_math(dtype, math.exp, math.tanh, jit=_device)
     return _cache[key]
-
-
-def _rejit(cm):
-    names = ("sigmoid", "rnn_tanh_fwd", "rnn_relu_fwd", "lstm_fwd", "gru_fwd",
-             "rnn_tanh_bwd", "rnn_relu_bwd", "lstm_bwd", "gru_bwd")
-    done = {}
-
-    def rebuild(fn):
-        cells = []
-        for c in fn.__closure__ or ():
-            v = c.cell_contents
-            if isinstance(v, types.FunctionType) and v.__name__ in names:
-                v = done.get(v.__name__) or rebuild(v)
-            cells.append(types.CellType(v))
-        new = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__,
-                                 tuple(cells) if fn.__closure__ else None)
-        done[fn.__name__] = _device(new)
-        return done[fn.__name__]
-
-    for n in names:
-        setattr(cm, n, done.get(n) or rebuild(getattr(cm, n)))
-    return cm
 
 
 def _pointwise(cell, dtype):
