@@ -1,0 +1,128 @@
+"""The "cpu" backend: Numba JIT recurrence kernels between big BLAS GEMMs.
+
+Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_hh (G*H, H)):
+
+  forward   gx  = X W_ih^T + b_ih                      one GEMM over all T*B rows (kernels.gemm)
+            forward_recurrence(gx, ...)                 njit: per step h @ W_hh^T + fused cell
+  backward  backward_recurrence(...)                    njit: reverse steps, writes dgx, dgh
+            dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev, db = column sums   (GEMMs)
+
+The tape keeps the gate activations (in the gx buffer, overwritten in place), the state
+sequences h_seq/c_seq (T+1, B, H) and, for GRU, ah_n (T, B, H); ``tape_nbytes`` sums them.
+
+Threading: no Numba parallel regions (the fused pointwise pass is SIMD-vectorised and
+small next to the matmuls, which BLAS threads), and every GEMM, inside the
+njit loops or not, goes through the one BLAS Numba links to (kernels.gemm): a single
+OpenBLAS thread pool, never two pools or Numba threads competing (kernels_docs/cpu.md).
+"""
+import numpy as np
+
+from ..backend import DirectionGrads
+from ..cells import cell_spec
+
+
+class CpuBackend:
+    """Numba CPU backend. ``poison=True`` fills every buffer the kernels must write with NaN
+    before they run (tests use it so that an element left unwritten cannot pass)."""
+    name = "cpu"
+    xp = np
+    dtypes = ("float32", "float64")
+
+    def __init__(self, poison=False):
+        self.poison = bool(poison)
+
+    def is_available(self):
+        try:
+            import numba  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def asarray(self, a, dtype=None):
+        return np.asarray(a, dtype=dtype)
+
+    def to_user(self, a, like):
+        return a
+
+    def _empty(self, shape, dtype):
+        return np.full(shape, np.nan, dtype) if self.poison else np.empty(shape, dtype)
+
+    def _state(self, value, shape, dtype):
+        """A fresh (B, H) buffer holding ``value`` (None = zeros)."""
+        buf = self._empty(shape, dtype)
+        buf[...] = 0 if value is None else value
+        return buf
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
+        from .kernels import gemm, recurrence_kernels
+        spec = cell_spec(cell)
+        x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
+        T, B, I = x.shape
+        GH, H = w_hh.shape
+        dtype = x.dtype
+        steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
+
+        gx = self._empty((T, B, GH), dtype)
+        gemm(x.reshape(T * B, I), w_ih.T, gx.reshape(T * B, GH))
+        if b_ih is not None:
+            gx += b_ih
+        b_hh_or_zero = np.zeros(GH, dtype) if b_hh is None else np.ascontiguousarray(b_hh)
+
+        h_seq = self._empty((T + 1, B, H), dtype)
+        h_seq[0] = 0 if h0 is None else h0
+        c_seq = self._empty((T + 1, B, H if spec.has_cell_state else 0), dtype)
+        c_seq[0] = 0 if c0 is None or not spec.has_cell_state else c0
+        aux = self._empty((T, B, H if spec.name == "gru" else 0), dtype)
+        out = self._empty((T, B, H), dtype)
+        gh = self._empty((B, GH), dtype)
+
+        forward_recurrence, _ = recurrence_kernels(spec.name, dtype.name)
+        forward_recurrence(gx, np.ascontiguousarray(w_hh.T), b_hh_or_zero, steps,
+                           h_seq, c_seq, aux, out, gh)
+
+        keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h
+        tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=steps,
+                    acts=gx if keeps_acts else np.empty((T, B, 0), dtype),
+                    h_seq=h_seq, c_seq=c_seq, aux=aux,
+                    has_bias=(b_ih is not None, b_hh is not None))
+        c_n = c_seq[T].copy() if spec.has_cell_state else None
+        return out, h_seq[T].copy(), c_n, tape
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, tape, dout, dh_n, dc_n, truncate):
+        from .kernels import gemm, recurrence_kernels
+        cell, x, w_ih, w_hh = tape["cell"], tape["x"], tape["w_ih"], tape["w_hh"]
+        h_seq, c_seq = tape["h_seq"], tape["c_seq"]
+        T, B, I = x.shape
+        GH, H = w_hh.shape
+        dtype = x.dtype
+        has_c = c_seq.shape[2] > 0
+
+        dh = self._state(dh_n, (B, H), dtype)
+        dc = self._state(dc_n if has_c else None, (B, c_seq.shape[2]), dtype)
+        dgx = self._empty((T, B, GH), dtype)
+        dgh = self._empty((T, B, GH), dtype) if cell == "gru" else dgx
+        dh_rec = self._empty((B, H), dtype)
+
+        _, backward_recurrence = recurrence_kernels(cell, dtype.name)
+        backward_recurrence(tape["acts"], h_seq, c_seq, tape["aux"], w_hh, tape["lengths"],
+                            0 if truncate is None else int(truncate),
+                            np.ascontiguousarray(dout, dtype), dh, dc, dgx, dgh, dh_rec)
+
+        dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
+        dx = self._empty((T, B, I), dtype)
+        gemm(dgx2, w_ih, dx.reshape(T * B, I))
+        dw_ih = self._empty((GH, I), dtype)
+        gemm(dgx2.T, x.reshape(T * B, I), dw_ih)
+        dw_hh = self._empty((GH, H), dtype)
+        gemm(dgh2.T, h_seq[:T].reshape(T * B, H), dw_hh)
+        has_b_ih, has_b_hh = tape["has_bias"]
+        return DirectionGrads(dx=dx, dh0=dh, dc0=dc if has_c else None, dw_ih=dw_ih, dw_hh=dw_hh,
+                              db_ih=dgx2.sum(0) if has_b_ih else None,
+                              db_hh=dgh2.sum(0) if has_b_hh else None)
+
+
+def tape_nbytes(tape):
+    """Bytes the backend allocated and keeps for the backward (x and weights excluded)."""
+    return sum(tape[k].nbytes for k in ("acts", "h_seq", "c_seq", "aux"))

@@ -1,0 +1,27 @@
+"""``stable_jit``: numba.njit(cache=True) whose disk cache survives a new process.
+
+Used by every kernel of the CPU backend (kernels.py, fastmath.py).
+"""
+import numba
+
+# error_model="numpy": float division without a zero check, so the loops can vectorise.
+_OPTIONS = dict(cache=True, error_model="numpy")
+
+
+def stable_jit(key, **options):
+    """numba.njit(cache=True) for a closure, with a reproducible identity ``key``.
+
+    Numba keys a closure's disk cache on a pickle of its closure cells. The cells here hold
+    other dispatchers, which pickle with a random per-process uuid, so every new process
+    would miss the cache and recompile (~4 s per kernel). Giving each dispatcher a uuid
+    derived from what it is (module, cell, dtype, function name) makes the key stable; the
+    pickle still holds the functions' code, so editing cells.py invalidates the cache.
+    """
+    def decorate(fn):
+        dispatcher = numba.njit(fn, **_OPTIONS, **options)
+        try:
+            dispatcher._set_uuid(f"gpurnn.cpu:{key}:{fn.__qualname__}")
+        except (AttributeError, AssertionError):   # Numba internals changed: cache misses only
+            pass
+        return dispatcher
+    return decorate
