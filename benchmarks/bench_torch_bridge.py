@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402
+from timing import time_calls  # noqa: E402
 
 SHAPES = [  # (label, T, B, I, H)
     ("tiny T=1 B=1 H=8", 1, 1, 8, 8),
@@ -42,14 +43,7 @@ SHAPES = [  # (label, T, B, I, H)
 
 
 def timeit(fn, reps, warmup=2):
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return np.percentile(out, [50, 20, 80]) * 1e3   # ms
+    return np.percentile(time_calls(fn, reps, warmup), [50, 20, 80]) * 1e3   # ms
 
 
 def overhead_rows(backends, reps, layers=1):

@@ -16,7 +16,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 from importlib import metadata
 
 import numpy as np
@@ -26,23 +25,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
 from gpurnn.charlm import LMConfig, Trainer  # noqa: E402
 from gpurnn.data import default_corpus  # noqa: E402
+from timing import time_calls  # noqa: E402
 
 
-def time_steps(step, warmup, steps):
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def bench_gpurnn(text, args, backend):
     trainer = Trainer(text, LMConfig(cell=args.cell, hidden=args.hidden, layers=args.layers,
                                      window=args.window, batch=args.batch, backend=backend))
-    times = time_steps(trainer.train_step, args.warmup, args.steps)
+    times = time_calls(trainer.train_step, args.steps, args.warmup)
     return trainer.lm.backend, trainer, times
 
 
@@ -75,7 +66,7 @@ def bench_torch(trainer, args):
         opt.step()
         state["w"] += 1
 
-    return time_steps(step, args.warmup, args.steps), torch.get_num_threads()
+    return time_calls(step, args.steps, args.warmup), torch.get_num_threads()
 
 
 def version(dist):

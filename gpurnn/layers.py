@@ -155,7 +155,7 @@ class RNNBase:
         check_float_array("x", x, (T, B, self.input_size), self.dtype)
         lengths = check_lengths(lengths, B, T)
         h0, c0 = self._check_state(hx, B)
-        H, D = self.hidden_size, self.num_directions
+        D = self.num_directions
 
         layer_input, tapes, masks, h_n, c_n = x, [], [], [], []
         for layer in range(self.num_layers):

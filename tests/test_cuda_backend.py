@@ -14,14 +14,9 @@ import pytest
 import gpurnn
 from gpurnn.cuda import CudaBackend
 from gpurnn.cuda import kernels as K
+from helpers import ALL_CELLS, CELL_CLASSES
 
-CLASSES = {
-    "rnn_tanh": (gpurnn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (gpurnn.LSTM, {}),
-    "gru": (gpurnn.GRU, {}),
-}
-CELLS = tuple(CLASSES)
+CELLS = ALL_CELLS
 TOL = {"float32": 1e-5, "float64": 1e-11}
 gpu = pytest.mark.gpu
 skip_sim = pytest.mark.skipif(K.SIMULATOR, reason="multi-block cooperative grid: the simulator"
@@ -41,7 +36,7 @@ def _host(a):
 
 
 def _pair(cell, I, H, backend, dtype="float32", **kw):
-    cls, extra = CLASSES[cell]
+    cls, extra = CELL_CLASSES[cell]
     ref = cls(I, H, backend="numpy", dtype=dtype, seed=7, **extra, **kw)
     dev = cls(I, H, backend=backend, dtype=dtype, seed=7, **extra, **kw)
     dev.load_state_dict(ref.state_dict())

@@ -648,7 +648,6 @@ def gemm_kernel(dtype):
     dt = np.dtype(dtype).type
     zero = dt(0)
     nbt = _nb_type(dtype)
-    vt = VT
 
     def gemm(M, N, K, a, sam, sak, b, sbk, sbn, c, bias, has_bias):
         As = cuda.shared.array((TS, TS), nbt)
