@@ -23,7 +23,7 @@ import numpy as np
 from .backend import get_backend
 from .checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
 from .data import TextError, Vocabulary, as_streams, one_hot, split_train_val
-from .layers import GRU, LSTM, RNN
+from .layers import make_layer
 from .losses import LN2, OutputLayer, unigram_entropy_bits
 from .optim import clip_grad_norm, make_optimizer
 
@@ -32,14 +32,8 @@ CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 def make_rnn(cell, input_size, hidden_size, num_layers=1, backend="auto", dtype="float32", seed=None):
     """A gpurnn recurrent layer by cell name: lstm, gru, rnn_tanh, rnn_relu."""
-    kwargs = dict(num_layers=num_layers, backend=backend, dtype=dtype, seed=seed)
-    if cell == "lstm":
-        return LSTM(input_size, hidden_size, **kwargs)
-    if cell == "gru":
-        return GRU(input_size, hidden_size, **kwargs)
-    if cell in ("rnn_tanh", "rnn_relu"):
-        return RNN(input_size, hidden_size, nonlinearity=cell[4:], **kwargs)
-    raise ValueError(f"cell: expected one of {list(CELLS)}, got {cell!r}")
+    return make_layer(cell, input_size, hidden_size, num_layers=num_layers, backend=backend,
+                      dtype=dtype, seed=seed)
 
 
 @dataclass

@@ -353,3 +353,14 @@ class GRU(RNNBase):
                  dropout=0.0, bidirectional=False, backend="auto", dtype="float32", seed=None):
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed)
+
+
+def make_layer(cell, input_size, hidden_size, **kwargs):
+    """A layer by cell name ("rnn_tanh", "rnn_relu", "lstm", "gru"); kwargs as the classes."""
+    if cell in ("rnn_tanh", "rnn_relu"):
+        return RNN(input_size, hidden_size, nonlinearity=cell[4:], **kwargs)
+    if cell == "lstm":
+        return LSTM(input_size, hidden_size, **kwargs)
+    if cell == "gru":
+        return GRU(input_size, hidden_size, **kwargs)
+    raise ValueError(f"cell: expected one of ['rnn_tanh', 'rnn_relu', 'lstm', 'gru'], got {cell!r}")

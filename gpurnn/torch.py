@@ -151,12 +151,7 @@ class _LayerRunner:
     def __init__(self, cell, input_size, hidden_size, bias, bidirectional, backend, dtype):
         kwargs = dict(num_layers=1, bias=bias, batch_first=False, dropout=0.0,
                       bidirectional=bidirectional, backend=backend, dtype=dtype, seed=0)
-        if cell.startswith("rnn_"):
-            self.module = _layers.RNN(input_size, hidden_size, nonlinearity=cell[4:], **kwargs)
-        elif cell == "lstm":
-            self.module = _layers.LSTM(input_size, hidden_size, **kwargs)
-        else:
-            self.module = _layers.GRU(input_size, hidden_size, **kwargs)
+        self.module = _layers.make_layer(cell, input_size, hidden_size, **kwargs)
         self.has_cell_state = cell == "lstm"
         self.names = list(self.module.parameters().keys())   # gpurnn names, *_l0[_reverse]
         self.lock = threading.Lock()

@@ -3,18 +3,11 @@ import numpy as np
 
 import gpurnn
 
-CELL_CLASSES = {
-    "rnn_tanh": (gpurnn.RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
-    "lstm": (gpurnn.LSTM, {}),
-    "gru": (gpurnn.GRU, {}),
-}
-ALL_CELLS = tuple(CELL_CLASSES)
+ALL_CELLS = tuple(gpurnn.cells.CELLS)
 
 
 def make_model(cell, input_size, hidden_size, **kw):
-    cls, extra = CELL_CLASSES[cell]
-    return cls(input_size, hidden_size, **extra, **kw)
+    return gpurnn.layers.make_layer(cell, input_size, hidden_size, **kw)
 
 
 def is_lstm(model):

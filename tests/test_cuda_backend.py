@@ -14,7 +14,7 @@ import pytest
 import gpurnn
 from gpurnn.cuda import CudaBackend
 from gpurnn.cuda import kernels as K
-from helpers import ALL_CELLS, CELL_CLASSES
+from helpers import ALL_CELLS, make_model
 
 CELLS = ALL_CELLS
 TOL = {"float32": 1e-5, "float64": 1e-11}
@@ -36,9 +36,8 @@ def _host(a):
 
 
 def _pair(cell, I, H, backend, dtype="float32", **kw):
-    cls, extra = CELL_CLASSES[cell]
-    ref = cls(I, H, backend="numpy", dtype=dtype, seed=7, **extra, **kw)
-    dev = cls(I, H, backend=backend, dtype=dtype, seed=7, **extra, **kw)
+    ref = make_model(cell, I, H, backend="numpy", dtype=dtype, seed=7, **kw)
+    dev = make_model(cell, I, H, backend=backend, dtype=dtype, seed=7, **kw)
     dev.load_state_dict(ref.state_dict())
     return ref, dev
 
