@@ -129,6 +129,7 @@ def measure(cfg, repeats, with_numpy):
 def profile(cfg, repeats):
     """Where the time of backend="cpu" goes for one layer of ``cfg``: each phase timed alone."""
     from gpurnn.cpu import CpuBackend
+    from gpurnn.cpu.backend import TRANSPOSED_FWD
     from gpurnn.cpu.kernels import gemm, recurrence_kernels, stable_jit
     cell, T, B, I, H = cfg
     G = GATES[cell]
@@ -144,9 +145,9 @@ def profile(cfg, repeats):
     forward_recurrence, backward_recurrence = recurrence_kernels(cell, "float32")
 
     @stable_jit("bench")
-    def matmuls_only(h_seq, w_hh_t, gh):        # the recurrence's BLAS calls, no cell math
-        for t in range(h_seq.shape[0] - 1):
-            np.dot(h_seq[t], w_hh_t, gh)
+    def matmuls_only(h_seq, w_hh, ghT):         # the forward's BLAS calls, no cell math or
+        for t in range(h_seq.shape[0] - 1):     # copies (kernels._step_matmul_fwd, B > 8)
+            np.dot(w_hh, h_seq[t].T, ghT)
 
     gx, w_hh_t, gh = np.empty((T, B, G * H), f32), np.ascontiguousarray(w_hh.T), np.empty((B, G * H), f32)
     out, dgx = np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)
@@ -155,11 +156,13 @@ def profile(cfg, repeats):
     phases = {
         "forward: input GEMM gx = X W_ih^T": lambda: gemm(x2, w_ih.T, gx.reshape(T * B, G * H)),
         "forward: recurrence (matmul + fused cell)": lambda: forward_recurrence(
-            gx, w_hh_t, b, tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out, gh),
-        "  of which the per-step matmuls h W_hh^T": lambda: matmuls_only(tape["h_seq"], w_hh_t, gh),
+            gx, w_hh, w_hh_t, b, tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out, gh,
+            np.empty((H, B), f32), np.empty((G * H, B), f32), TRANSPOSED_FWD),
+        "  of which the per-step matmuls W_hh h^T": lambda: matmuls_only(tape["h_seq"], w_hh,
+                                                                         np.empty((G * H, B), f32)),
         "backward: recurrence (fused cell + dh W_hh)": lambda: backward_recurrence(
-            tape["acts"], tape["h_seq"], tape["c_seq"], tape["aux"], w_hh, tape["lengths"], 0,
-            dout, zeros(), zeros(), dgx, dgx, np.empty((B, H), f32)),
+            tape["acts"], tape["h_seq"], tape["c_seq"], tape["aux"], w_hh, w_hh_t, tape["lengths"], 0,
+            dout, zeros(), zeros(), dgx, dgx, np.empty((B, H), f32), np.empty((H, B), f32)),
         "backward: dX = dG W_ih": lambda: gemm(d2, w_ih, np.empty((T * B, I), f32)),
         "backward: dW_ih = dG^T X": lambda: gemm(d2.T, x2, np.empty((G * H, I), f32)),
         "backward: dW_hh = dG^T H_prev": lambda: gemm(d2.T, tape["h_seq"][:T].reshape(T * B, H),

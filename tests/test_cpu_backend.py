@@ -104,11 +104,15 @@ def test_matches_reference(cell, option, dtype, rng):
     assert_close(run(cpu, inputs, **kw), run(ref, inputs, **kw), dtype)
 
 
+@pytest.mark.parametrize("transposed_fwd", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_large_batch_uses_blas_step_path(cell, dtype, rng):
-    """B > 8 takes the BLAS per-step matmul instead of the small-product loop."""
-    batch = 11   # the small-product loop takes at most 8 rows (gpurnn.cpu.kernels._step_matmul)
+def test_large_batch_uses_blas_step_path(cell, dtype, transposed_fwd, rng, monkeypatch):
+    """B > 8 takes the BLAS per-step matmul instead of the small-product loop, in both
+    orientations of the forward product (gpurnn.cpu.kernels._step_matmul_fwd)."""
+    import gpurnn.cpu.backend as cpu_backend
+    monkeypatch.setattr(cpu_backend, "TRANSPOSED_FWD", transposed_fwd)
+    batch = 11   # the small-product loop takes at most 8 rows (gpurnn.cpu.kernels._is_small)
     cls, extra = CELLS[cell]
     ref = cls(I, H, **extra, backend="numpy", dtype=dtype, seed=5)
     cpu = cls(I, H, **extra, backend=CpuBackend(poison=True), dtype=dtype, seed=5)

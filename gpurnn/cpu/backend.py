@@ -21,6 +21,13 @@ from ..backend import DirectionGrads
 from ..cells import cell_spec
 
 
+# The forward's per-step BLAS product in the transposed orientation (kernels.
+# _step_matmul_fwd): measured faster in place for LSTM B=32 H=256 and B=64 H=512 once the
+# copies were tiled (Tuning log, benchmarks/RESULTS_cpu.md). False = h @ W_hh^T directly
+# (kept selectable for comparisons; the tests run both).
+TRANSPOSED_FWD = True
+
+
 class CpuBackend:
     """Numba CPU backend. ``poison=True`` fills every buffer the kernels must write with NaN
     before they run (tests use it so that an element left unwritten cannot pass)."""
@@ -55,7 +62,7 @@ class CpuBackend:
 
     # ------------------------------------------------------------------ forward
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
-        from .kernels import gemm, recurrence_kernels
+        from .kernels import gemm, recurrence_kernels, transpose
         spec = cell_spec(cell)
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
         T, B, I = x.shape
@@ -76,13 +83,16 @@ class CpuBackend:
         aux = self._empty((T, B, H if spec.name == "gru" else 0), dtype)
         out = self._empty((T, B, H), dtype)
         gh = self._empty((B, GH), dtype)
+        hT, ghT = self._empty((H, B), dtype), self._empty((GH, B), dtype)   # scratch
+        w_hh_t = self._empty((H, GH), dtype)       # W_hh^T: forward products, and the backward's
+        transpose(w_hh, w_hh_t)                    # (kept in the tape)
 
         forward_recurrence, _ = recurrence_kernels(spec.name, dtype.name)
-        forward_recurrence(gx, np.ascontiguousarray(w_hh.T), b_hh_or_zero, steps,
-                           h_seq, c_seq, aux, out, gh)
+        forward_recurrence(gx, w_hh, w_hh_t, b_hh_or_zero, steps, h_seq, c_seq, aux, out, gh,
+                           hT, ghT, TRANSPOSED_FWD)
 
         keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h
-        tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, lengths=steps,
+        tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
                     acts=gx if keeps_acts else np.empty((T, B, 0), dtype),
                     h_seq=h_seq, c_seq=c_seq, aux=aux,
                     has_bias=(b_ih is not None, b_hh is not None))
@@ -103,12 +113,13 @@ class CpuBackend:
         dc = self._state(dc_n if has_c else None, (B, c_seq.shape[2]), dtype)
         dgx = self._empty((T, B, GH), dtype)
         dgh = self._empty((T, B, GH), dtype) if cell == "gru" else dgx
-        dh_rec = self._empty((B, H), dtype)
+        dh_rec, dh_recT = self._empty((B, H), dtype), self._empty((H, B), dtype)
 
         _, backward_recurrence = recurrence_kernels(cell, dtype.name)
-        backward_recurrence(tape["acts"], h_seq, c_seq, tape["aux"], w_hh, tape["lengths"],
+        backward_recurrence(tape["acts"], h_seq, c_seq, tape["aux"], w_hh, tape["w_hh_t"],
+                            tape["lengths"],
                             0 if truncate is None else int(truncate),
-                            np.ascontiguousarray(dout, dtype), dh, dc, dgx, dgh, dh_rec)
+                            np.ascontiguousarray(dout, dtype), dh, dc, dgx, dgh, dh_rec, dh_recT)
 
         dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
         dx = self._empty((T, B, I), dtype)

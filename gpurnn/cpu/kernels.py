@@ -2,14 +2,15 @@
 
 What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LSTM, 3 GRU):
 
-  forward_recurrence(gx, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh)
+  forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
+                     transposed)
       for t in 0..T-1:  gh = h_{t-1} @ W_hh^T            (BLAS, or a one-thread loop for
                                                           B <= 8; into a reused buffer)
                         per row b < lengths: cell pointwise forward of gx[t] + gh + b_hh,
                         fused in one pass per hidden unit; past a row's length the state
                         is carried unchanged and out is 0.
-  backward_recurrence(acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout, dh, dc,
-                      dgx, dgh, dh_rec)
+  backward_recurrence(acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout, dh, dc,
+                      dgx, dgh, dh_rec, dh_recT)
       for t in T-1..0:  cut dh/dc where t+1 is a multiple of ``truncate`` (reference rule),
                         per row b < lengths: cell pointwise backward, writing dgates,
                         then dh_{t-1} = dgh[t] @ W_hh (BLAS) + the cell's direct term.
@@ -27,8 +28,9 @@ add a second thread pool next to OpenBLAS's (kernels_docs/cpu.md).
 Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted):
     gx       (T, B, G*H)  in: X W_ih^T + b_ih;  out: gate activations (LSTM i,f,g,o;
                           GRU r,z,n), kept as the tape. RNN: left as is.
-    w_hh_t   (H, G*H)     W_hh transposed (contiguous), for gh = h @ W_hh^T
-    w_hh     (G*H, H)     W_hh, for dh = dgates @ W_hh
+    w_hh     (G*H, H)     W_hh (torch's weight_hh)
+    w_hh_t   (H, G*H)     W_hh transposed (contiguous); the per-step products use whichever
+                          orientation measured faster (see _step_matmul_fwd/_bwd)
     b_hh     (G*H,)       recurrent bias (zeros without bias)
     lengths  (B,) int64   valid steps per row, 1..T
     h_seq    (T+1, B, H)  h_seq[0] = h0 (in); h_seq[t+1] = state after step t (out)
@@ -36,6 +38,8 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
     aux      (T, B, H)    GRU: ah_n = (W_hh h_{t-1} + b_hh)_n; (T, B, 0) for other cells
     out      (T, B, H)    output h_t, 0 past a row's length
     gh       (B, G*H)     scratch: the recurrent matmul of one step
+    hT, ghT  (H, B), (G*H, B)  scratch for the transposed forward product
+    transposed bool       forward product as ghT = W_hh @ h^T (see _step_matmul_fwd)
     acts     = gx after the forward
     truncate int          0 = full BPTT, else k >= 1
     dout     (T, B, H)    gradient w.r.t. out
@@ -45,6 +49,7 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
     dgh      (T, B, G*H)  out: w.r.t. the recurrent-side ones; the same array as dgx except
                           for GRU (whose candidate gate scales its recurrent part by r)
     dh_rec   (B, H)       scratch: dgh[t] @ W_hh
+    dh_recT  (H, B)       scratch: its transpose, as BLAS writes it
 
 Run/test:  python -m pytest tests/test_cpu_backend.py -q
 """
@@ -200,22 +205,71 @@ def _small_matmul(a, b, out):
 
 
 @stable_jit("small", inline="always")
-def _step_matmul(a, b, out):
-    """out = a @ b for one recurrence step: BLAS, or the loop above for small products."""
-    M, K = a.shape
-    if M <= 8 and M * K * b.shape[1] <= SMALL_STEP_MACS:
-        _small_matmul(a, b, out)
-    else:
-        np.dot(a, b, out)
+def _is_small(M, K, N):
+    return M <= 8 and M * K * N <= SMALL_STEP_MACS
 
+
+@stable_jit("small", inline="always")
+def _transpose_into(src, dst):
+    """dst = src.T for src (N, M), dst (M, N): 8 source rows per pass, so each row of dst
+    gets 8 consecutive stores (1.3-2x faster than the plain double loop here)."""
+    N, M = src.shape
+    N8 = N - N % 8
+    for n in range(0, N8, 8):
+        s0, s1, s2, s3 = src[n], src[n + 1], src[n + 2], src[n + 3]
+        s4, s5, s6, s7 = src[n + 4], src[n + 5], src[n + 6], src[n + 7]
+        for m in range(M):
+            d = dst[m, n:n + 8]
+            d[0], d[1], d[2], d[3] = s0[m], s1[m], s2[m], s3[m]
+            d[4], d[5], d[6], d[7] = s4[m], s5[m], s6[m], s7[m]
+    for n in range(N8, N):
+        for m in range(M):
+            dst[m, n] = src[n, m]
+
+
+@stable_jit("small", inline="always")
+def _step_matmul_fwd(h, w_hh, w_hh_t, gh, hT, ghT, transposed):
+    """gh = h @ W_hh^T for one forward step. Small products: the one-thread loop on the
+    pre-transposed W_hh^T. Otherwise BLAS, as gh = h @ W_hh^T, or (``transposed``) as its
+    transpose ghT = W_hh @ h^T between two small copies (h -> hT, ghT -> gh). OpenBLAS runs
+    the transposed orientation (the big weight as the right-hand operand of its
+    column-major product, M = B) faster; with the tiled copies it pays off in place (LSTM
+    forward B=32 H=256 ~36-41 vs 43-48 ms, B=64 H=512 323-398 vs 335-436 ms, interleaved
+    runs; Tuning log, benchmarks/RESULTS_cpu.md)."""
+    M, K = h.shape
+    N = w_hh_t.shape[1]
+    if _is_small(M, K, N):
+        _small_matmul(h, w_hh_t, gh)
+    elif transposed:
+        _transpose_into(h, hT)
+        np.dot(w_hh, hT, ghT)
+        _transpose_into(ghT, gh)
+    else:
+        np.dot(h, w_hh_t, gh)
+
+
+@stable_jit("small", inline="always")
+def _step_matmul_bwd(dg, w_hh, w_hh_t, dh_rec, dh_recT):
+    """dh_rec = dg @ W_hh for one backward step: the one-thread loop for small products,
+    else BLAS as its transpose dh_recT = W_hh^T @ dg^T (dg^T is a free view), copied back
+    to (B, H): LSTM B=64 H=512 backward 610 vs 665 ms in place, B=32 H=256 no change
+    (Tuning log in benchmarks/RESULTS_cpu.md)."""
+    M, N = dg.shape
+    K = w_hh.shape[1]
+    if _is_small(M, N, K):
+        _small_matmul(dg, w_hh, dh_rec)
+    else:
+        np.dot(w_hh_t, dg.T, dh_recT)
+        _transpose_into(dh_recT, dh_rec)
 
 
 def _step_loops(key, forward_row, backward_row):
     @stable_jit(key)
-    def forward_recurrence(gx, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh):
+    def forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
+                           transposed):
         T, B = gx.shape[0], gx.shape[1]
         for t in range(T):
-            _step_matmul(h_seq[t], w_hh_t, gh)
+            _step_matmul_fwd(h_seq[t], w_hh, w_hh_t, gh, hT, ghT, transposed)
             for b in range(B):
                 if t < lengths[b]:
                     forward_row(gx[t, b], gh[b], b_hh, h_seq[t, b], c_seq[t, b],
@@ -228,8 +282,8 @@ def _step_loops(key, forward_row, backward_row):
                     out[t, b, :] = 0
 
     @stable_jit(key)
-    def backward_recurrence(acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout, dh, dc,
-                            dgx, dgh, dh_rec):
+    def backward_recurrence(acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout, dh, dc,
+                            dgx, dgh, dh_rec, dh_recT):
         T, B = acts.shape[0], acts.shape[1]
         for t in range(T - 1, -1, -1):
             if truncate > 0 and t + 1 < T and (t + 1) % truncate == 0:
@@ -244,7 +298,7 @@ def _step_loops(key, forward_row, backward_row):
                 else:   # no gradient past the length; dh/dc pass through unchanged
                     dgx[t, b, :] = 0
                     dgh[t, b, :] = 0
-            _step_matmul(dgh[t], w_hh, dh_rec)
+            _step_matmul_bwd(dgh[t], w_hh, w_hh_t, dh_rec, dh_recT)
             for b in range(B):
                 if t < lengths[b]:
                     dh[b, :] += dh_rec[b]
@@ -259,6 +313,13 @@ def gemm(a, b, out):
     whole layer and a just-finished pool never spins while the other one works.
     a (M, K), b (K, N), out (M, N); C- or F-contiguous (a transposed view is fine)."""
     np.dot(a, b, out)
+
+
+@stable_jit("copy")
+def transpose(src, dst):
+    """dst = src.T (both C-contiguous) with the tiled copy: the per-forward W_hh^T takes
+    0.15 ms instead of NumPy's 0.33 ms (H=256 LSTM) and 0.72 vs 3.5 ms (H=512)."""
+    _transpose_into(src, dst)
 
 
 @functools.lru_cache(maxsize=None)
