@@ -130,7 +130,7 @@ def profile(cfg, repeats):
     """Where the time of backend="cpu" goes for one layer of ``cfg``: each phase timed alone."""
     from gpurnn.cpu import CpuBackend
     from gpurnn.cpu.backend import TRANSPOSED_FWD
-    from gpurnn.cpu.kernels import gemm, recurrence_kernels, stable_jit
+    from gpurnn.cpu.kernels import gemm, recurrence_kernels
     cell, T, B, I, H = cfg
     G = GATES[cell]
     rng = np.random.default_rng(1)
@@ -144,10 +144,9 @@ def profile(cfg, repeats):
     tape = be.forward(cell, x, w_ih, w_hh, b, b, None, None, None)[3]
     forward_recurrence, backward_recurrence = recurrence_kernels(cell, "float32")
 
-    @stable_jit("bench")
-    def matmuls_only(h_seq, w_hh, ghT):         # the forward's BLAS calls, no cell math or
-        for t in range(h_seq.shape[0] - 1):     # copies (kernels._step_matmul_fwd, B > 8)
-            np.dot(w_hh, h_seq[t].T, ghT)
+    def matmuls_only(h_seq, w_hh, ghT):         # the forward's BLAS calls (NumPy's), no cell
+        for t in range(h_seq.shape[0] - 1):     # math or copies (kernels, B > 8)
+            np.matmul(w_hh, h_seq[t].T, out=ghT)
 
     gx, w_hh_t, gh = np.empty((T, B, G * H), f32), np.ascontiguousarray(w_hh.T), np.empty((B, G * H), f32)
     out, dgx = np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)

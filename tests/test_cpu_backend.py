@@ -109,7 +109,8 @@ def test_matches_reference(cell, option, dtype, rng):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_large_batch_uses_blas_step_path(cell, dtype, transposed_fwd, rng, monkeypatch):
     """B > 8 takes the BLAS per-step matmul instead of the small-product loop, in both
-    orientations of the forward product (gpurnn.cpu.kernels._step_matmul_fwd)."""
+    orientations of the forward product (gpurnn.cpu.backend.TRANSPOSED_FWD): the Python
+    time loop with NumPy's BLAS per step and one njit call of the fused pass per step."""
     import gpurnn.cpu.backend as cpu_backend
     monkeypatch.setattr(cpu_backend, "TRANSPOSED_FWD", transposed_fwd)
     batch = 11   # the small-product loop takes at most 8 rows (gpurnn.cpu.kernels._is_small)
@@ -126,6 +127,25 @@ def test_large_batch_uses_blas_step_path(cell, dtype, transposed_fwd, rng, monke
         dx, _ = model.backward(dout, truncate=3)
         results.append({"out": out, "dx": dx, **{k: g.copy() for k, g in model.grads.items()}})
     assert_close(*results, dtype)
+
+
+def test_no_blas_call_inside_njit():
+    """The backend uses one BLAS thread pool, NumPy's: np.dot/np.matmul inside njit would
+    call SciPy's bundled OpenBLAS, a second pool that spins against NumPy's (kernels_docs/
+    cpu.md, Threading). Every np.dot/matmul in gpurnn/cpu must be in plain Python code."""
+    import ast
+    import inspect
+    import gpurnn.cpu.kernels as kernels
+    import gpurnn.cpu.backend as backend
+    for module in (kernels, backend):
+        tree = ast.parse(inspect.getsource(module))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            jitted = any("jit" in ast.unparse(d) for d in node.decorator_list)
+            for call in ast.walk(node):
+                if jitted and isinstance(call, ast.Attribute) and call.attr in ("dot", "matmul", "vdot", "inner"):
+                    raise AssertionError(f"{module.__name__}.{node.name} calls np.{call.attr} under njit")
 
 
 @pytest.mark.parametrize("cell", list(CELLS))

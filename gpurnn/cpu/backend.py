@@ -2,18 +2,22 @@
 
 Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_hh (G*H, H)):
 
-  forward   gx  = X W_ih^T + b_ih                      one GEMM over all T*B rows (kernels.gemm)
-            forward_recurrence(gx, ...)                 njit: per step h @ W_hh^T + fused cell
-  backward  backward_recurrence(...)                    njit: reverse steps, writes dgx, dgh
+  forward   gx  = X W_ih^T + b_ih                      one GEMM over all T*B rows (kernels.gemm, NumPy)
+            forward_recurrence(gx, ...)                 per step h @ W_hh^T (NumPy) + njit fused cell
+  backward  backward_recurrence(...)                    reverse steps, njit fused cell + dgh W_hh (NumPy)
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev, db = column sums   (GEMMs)
 
 The tape keeps the gate activations (in the gx buffer, overwritten in place), the state
 sequences h_seq/c_seq (T+1, B, H) and, for GRU, ah_n (T, B, H); ``tape_nbytes`` sums them.
 
-Threading: no Numba parallel regions (the fused pointwise pass is SIMD-vectorised and
-small next to the matmuls, which BLAS threads), and every GEMM, inside the
-njit loops or not, goes through the one BLAS Numba links to (kernels.gemm): a single
-OpenBLAS thread pool, never two pools or Numba threads competing (kernels_docs/cpu.md).
+Threading: one BLAS thread pool, NumPy's. Every GEMM (kernels.gemm = np.matmul into the
+output) and, for B > 8, every per-step recurrent product (np.matmul from a Python time loop,
+one njit call of the fused pass per step) goes through NumPy's OpenBLAS, the same pool the
+rest of the process (output layer, optimizer, user code) uses. No njit code calls np.dot,
+which would use SciPy's bundled OpenBLAS: two pools of busy-waiting workers on the same
+cores cost the training step 2.3x at 2 threads (106 vs 46 ms, RESULTS_cpu.md Tuning log 8).
+B <= 8 runs the whole recurrence in one njit call with a one-thread product, no BLAS. No
+Numba parallel regions (the fused pass is SIMD-vectorised and small next to the matmuls).
 """
 import numpy as np
 
@@ -21,8 +25,8 @@ from ..backend import DirectionGrads
 from ..cells import cell_spec
 
 
-# The forward's per-step BLAS product in the transposed orientation (kernels.
-# _step_matmul_fwd): measured faster in place for LSTM B=32 H=256 and B=64 H=512 once the
+# The forward's per-step BLAS product in the transposed orientation (ghT = W_hh @ h^T,
+# kernels.forward_recurrence): measured faster in place for LSTM B=32 H=256 and B=64 H=512 once the
 # copies were tiled (Tuning log, benchmarks/RESULTS_cpu.md). False = h @ W_hh^T directly
 # (kept selectable for comparisons; the tests run both).
 TRANSPOSED_FWD = True

@@ -4,8 +4,8 @@ What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LS
 
   forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
                      transposed)
-      for t in 0..T-1:  gh = h_{t-1} @ W_hh^T            (BLAS, or a one-thread loop for
-                                                          B <= 8; into a reused buffer)
+      for t in 0..T-1:  gh = h_{t-1} @ W_hh^T            (NumPy's BLAS, or a one-thread
+                                                          loop for B <= 8; reused buffer)
                         per row b < lengths: cell pointwise forward of gx[t] + gh + b_hh,
                         fused in one pass per hidden unit; past a row's length the state
                         is carried unchanged and out is 0.
@@ -15,10 +15,22 @@ What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LS
                         per row b < lengths: cell pointwise backward, writing dgates,
                         then dh_{t-1} = dgh[t] @ W_hh (BLAS) + the cell's direct term.
 
-The input projection (gx = X W_ih^T + b_ih) and the weight gradients are big GEMMs done by
-the caller (gpurnn.cpu.backend); only the sequential part lives here.
+Both are Python functions that pick one of two paths:
+  * small per-step products (B <= 8, _is_small): the whole loop is one njit call
+    (forward_small / backward_small) with the products done by _small_matmul; no BLAS.
+  * otherwise: the time loop is Python; per step one ``np.matmul(..., out=buffer)`` (NumPy's
+    OpenBLAS) and one njit call of the fused pass for that step (forward_step /
+    backward_step). About 5 us of call overhead per step (njit dispatch ~4 us, measured)
+    against ~100+ us of work per step at B >= 32.
+No njit code here calls np.dot: inside njit that goes to SciPy's OpenBLAS, a second
+OpenBLAS thread pool whose busy-waiting workers fight NumPy's for the cores (training
+step 106 -> 46 ms at 2 threads once removed; kernels_docs/cpu.md, Threading).
 
-Versions: one kernel pair per (cell, dtype), built by ``recurrence_kernels`` from the
+The input projection (gx = X W_ih^T + b_ih) and the weight gradients are big GEMMs done by
+the caller (gpurnn.cpu.backend, through ``gemm`` = np.matmul); only the sequential part
+lives here.
+
+Versions: one kernel set per (cell, dtype), built by ``recurrence_kernels`` from the
 scalar cell math of gpurnn.cells (written once, shared with the CUDA backend); float32 uses
 the vectorisable exp/tanh of gpurnn.cpu.fastmath, float64 uses libm. Serial over batch
 rows: the matmuls (over 90% of the time at B=64, H=512) are BLAS-threaded and the fused
@@ -29,8 +41,10 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
     gx       (T, B, G*H)  in: X W_ih^T + b_ih;  out: gate activations (LSTM i,f,g,o;
                           GRU r,z,n), kept as the tape. RNN: left as is.
     w_hh     (G*H, H)     W_hh (torch's weight_hh)
-    w_hh_t   (H, G*H)     W_hh transposed (contiguous); the per-step products use whichever
-                          orientation measured faster (see _step_matmul_fwd/_bwd)
+    w_hh_t   (H, G*H)     W_hh transposed (contiguous); the per-step BLAS products use
+                          the orientation that measured faster: forward ghT = W_hh @ h^T,
+                          backward dh_recT = W_hh^T @ dgh[t]^T, each copied back to (B, .)
+                          by _transpose_into inside the step's njit call
     b_hh     (G*H,)       recurrent bias (zeros without bias)
     lengths  (B,) int64   valid steps per row, 1..T
     h_seq    (T+1, B, H)  h_seq[0] = h0 (in); h_seq[t+1] = state after step t (out)
@@ -39,7 +53,7 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
     out      (T, B, H)    output h_t, 0 past a row's length
     gh       (B, G*H)     scratch: the recurrent matmul of one step
     hT, ghT  (H, B), (G*H, B)  scratch for the transposed forward product
-    transposed bool       forward product as ghT = W_hh @ h^T (see _step_matmul_fwd)
+    transposed bool       forward BLAS product as ghT = W_hh @ h^T (else gh = h @ W_hh^T)
     acts     = gx after the forward
     truncate int          0 = full BPTT, else k >= 1
     dout     (T, B, H)    gradient w.r.t. out
@@ -204,8 +218,8 @@ def _small_matmul(a, b, out):
                 row[n] += s * bk[n]
 
 
-@stable_jit("small", inline="always")
 def _is_small(M, K, N):
+    """Per-step products of this size (rows M <= 8) take the njit loop, not BLAS."""
     return M <= 8 and M * K * N <= SMALL_STEP_MACS
 
 
@@ -227,92 +241,116 @@ def _transpose_into(src, dst):
             dst[m, n] = src[n, m]
 
 
-@stable_jit("small", inline="always")
-def _step_matmul_fwd(h, w_hh, w_hh_t, gh, hT, ghT, transposed):
-    """gh = h @ W_hh^T for one forward step. Small products: the one-thread loop on the
-    pre-transposed W_hh^T. Otherwise BLAS, as gh = h @ W_hh^T, or (``transposed``) as its
-    transpose ghT = W_hh @ h^T between two small copies (h -> hT, ghT -> gh). OpenBLAS runs
-    the transposed orientation (the big weight as the right-hand operand of its
-    column-major product, M = B) faster; with the tiled copies it pays off in place (LSTM
-    forward B=32 H=256 ~36-41 vs 43-48 ms, B=64 H=512 323-398 vs 335-436 ms, interleaved
-    runs; Tuning log, benchmarks/RESULTS_cpu.md)."""
-    M, K = h.shape
-    N = w_hh_t.shape[1]
-    if _is_small(M, K, N):
-        _small_matmul(h, w_hh_t, gh)
-    elif transposed:
-        _transpose_into(h, hT)
-        np.dot(w_hh, hT, ghT)
-        _transpose_into(ghT, gh)
-    else:
-        np.dot(h, w_hh_t, gh)
-
-
-@stable_jit("small", inline="always")
-def _step_matmul_bwd(dg, w_hh, w_hh_t, dh_rec, dh_recT):
-    """dh_rec = dg @ W_hh for one backward step: the one-thread loop for small products,
-    else BLAS as its transpose dh_recT = W_hh^T @ dg^T (dg^T is a free view), copied back
-    to (B, H): LSTM B=64 H=512 backward 610 vs 665 ms in place, B=32 H=256 no change
-    (Tuning log in benchmarks/RESULTS_cpu.md)."""
-    M, N = dg.shape
-    K = w_hh.shape[1]
-    if _is_small(M, N, K):
-        _small_matmul(dg, w_hh, dh_rec)
-    else:
-        np.dot(w_hh_t, dg.T, dh_recT)
-        _transpose_into(dh_recT, dh_rec)
-
-
 def _step_loops(key, forward_row, backward_row):
-    @stable_jit(key)
-    def forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
-                           transposed):
-        T, B = gx.shape[0], gx.shape[1]
-        for t in range(T):
-            _step_matmul_fwd(h_seq[t], w_hh, w_hh_t, gh, hT, ghT, transposed)
+    @stable_jit(key, inline="always")
+    def fwd_rows(t, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out):
+        for b in range(gx.shape[1]):
+            if t < lengths[b]:
+                forward_row(gx[t, b], gh[b], b_hh, h_seq[t, b], c_seq[t, b],
+                            h_seq[t + 1, b], c_seq[t + 1, b], aux[t, b])
+                out[t, b, :] = h_seq[t + 1, b]
+            else:   # past this row's length: carry the state, output zeros
+                h_seq[t + 1, b, :] = h_seq[t, b]
+                c_seq[t + 1, b, :] = c_seq[t, b]
+                aux[t, b, :] = 0
+                out[t, b, :] = 0
+
+    @stable_jit(key, inline="always")
+    def bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh):
+        T, B = acts.shape[0], acts.shape[1]
+        if truncate > 0 and t + 1 < T and (t + 1) % truncate == 0:
             for b in range(B):
-                if t < lengths[b]:
-                    forward_row(gx[t, b], gh[b], b_hh, h_seq[t, b], c_seq[t, b],
-                                h_seq[t + 1, b], c_seq[t + 1, b], aux[t, b])
-                    out[t, b, :] = h_seq[t + 1, b]
-                else:   # past this row's length: carry the state, output zeros
-                    h_seq[t + 1, b, :] = h_seq[t, b]
-                    c_seq[t + 1, b, :] = c_seq[t, b]
-                    aux[t, b, :] = 0
-                    out[t, b, :] = 0
+                if t + 1 < lengths[b]:   # step t+1 was real: drop what it sends back
+                    dh[b, :] = 0
+                    dc[b, :] = 0
+        for b in range(B):
+            if t < lengths[b]:
+                backward_row(dout[t, b], dh[b], dc[b], acts[t, b], h_seq[t, b], h_seq[t + 1, b],
+                             c_seq[t, b], c_seq[t + 1, b], aux[t, b], dgx[t, b], dgh[t, b])
+            else:   # no gradient past the length; dh/dc pass through unchanged
+                dgx[t, b, :] = 0
+                dgh[t, b, :] = 0
 
     @stable_jit(key)
-    def backward_recurrence(acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout, dh, dc,
-                            dgx, dgh, dh_rec, dh_recT):
-        T, B = acts.shape[0], acts.shape[1]
-        for t in range(T - 1, -1, -1):
-            if truncate > 0 and t + 1 < T and (t + 1) % truncate == 0:
-                for b in range(B):
-                    if t + 1 < lengths[b]:   # step t+1 was real: drop what it sends back
-                        dh[b, :] = 0
-                        dc[b, :] = 0
-            for b in range(B):
-                if t < lengths[b]:
-                    backward_row(dout[t, b], dh[b], dc[b], acts[t, b], h_seq[t, b], h_seq[t + 1, b],
-                                 c_seq[t, b], c_seq[t + 1, b], aux[t, b], dgx[t, b], dgh[t, b])
-                else:   # no gradient past the length; dh/dc pass through unchanged
-                    dgx[t, b, :] = 0
-                    dgh[t, b, :] = 0
-            _step_matmul_bwd(dgh[t], w_hh, w_hh_t, dh_rec, dh_recT)
-            for b in range(B):
+    def forward_small(gx, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh):
+        """The whole forward in one njit call, per-step products by _small_matmul."""
+        for t in range(gx.shape[0]):
+            _small_matmul(h_seq[t], w_hh_t, gh)
+            fwd_rows(t, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+
+    @stable_jit(key)
+    def forward_step(t, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out):
+        """One forward step after NumPy's BLAS wrote its product (ghT, or gh directly)."""
+        if transposed:
+            _transpose_into(ghT, gh)
+        fwd_rows(t, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+
+    @stable_jit(key)
+    def backward_small(acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout, dh, dc, dgx, dgh,
+                       dh_rec):
+        """The whole backward in one njit call, per-step products by _small_matmul."""
+        for t in range(acts.shape[0] - 1, -1, -1):
+            bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh)
+            _small_matmul(dgh[t], w_hh, dh_rec)
+            for b in range(acts.shape[1]):
                 if t < lengths[b]:
                     dh[b, :] += dh_rec[b]
 
+    @stable_jit(key)
+    def backward_step(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
+                      dh_rec, dh_recT):
+        """First adds step t+1's product dh_recT (NumPy's BLAS, (H, B)) into dh for the rows
+        where step t+1 was real (none when t = T-1), then step t's rows (none when t = -1)."""
+        if t + 1 < acts.shape[0]:
+            _transpose_into(dh_recT, dh_rec)
+            for b in range(acts.shape[1]):
+                if t + 1 < lengths[b]:
+                    dh[b, :] += dh_rec[b]
+        if t >= 0:
+            bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh)
+
+    def forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
+                           transposed):
+        T, B = gx.shape[0], gx.shape[1]
+        GH, H = w_hh.shape
+        if _is_small(B, H, GH):
+            forward_small(gx, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh)
+            return
+        matmul = np.matmul
+        for t in range(T):
+            if transposed:
+                matmul(w_hh, h_seq[t].T, out=ghT)
+            else:
+                matmul(h_seq[t], w_hh_t, out=gh)
+            forward_step(t, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out)
+
+    def backward_recurrence(acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout, dh, dc,
+                            dgx, dgh, dh_rec, dh_recT):
+        T, B = dgx.shape[0], dgx.shape[1]
+        GH, H = w_hh.shape
+        if _is_small(B, GH, H):
+            backward_small(acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout, dh, dc, dgx,
+                           dgh, dh_rec)
+            return
+        matmul = np.matmul
+        for t in range(T - 1, -1, -1):
+            backward_step(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
+                          dh_rec, dh_recT)
+            matmul(w_hh_t, dgh[t].T, out=dh_recT)    # dh_rec^T = W_hh^T dgh[t]^T
+        backward_step(-1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
+                      dh_rec, dh_recT)
+
+    forward_recurrence.kernels = (forward_small, forward_step)
+    backward_recurrence.kernels = (backward_small, backward_step)
     return forward_recurrence, backward_recurrence
 
 
-@stable_jit("blas")
 def gemm(a, b, out):
-    """out = a @ b through the BLAS Numba links to (SciPy's OpenBLAS). The backend runs its
-    big GEMMs here too, not through NumPy's own OpenBLAS, so one BLAS thread pool serves the
-    whole layer and a just-finished pool never spins while the other one works.
+    """out = a @ b through NumPy's BLAS (np.matmul into ``out``), the one BLAS this backend
+    uses: no njit code calls np.dot (which would go to SciPy's OpenBLAS, a second thread
+    pool that spins against NumPy's; kernels_docs/cpu.md, Threading).
     a (M, K), b (K, N), out (M, N); C- or F-contiguous (a transposed view is fine)."""
-    np.dot(a, b, out)
+    np.matmul(a, b, out=out)
 
 
 @stable_jit("copy")
