@@ -30,6 +30,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from timing import time_calls  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 # (cell, T, B, I, H); the first three are the LSTM targets (ratio <= 0.5, 1.0, 1.0).
 CONFIGS = [(cell, *shape) for cell in ("lstm", "gru", "rnn_tanh")
@@ -170,16 +171,7 @@ def profile(cfg, repeats):
         "whole layer (backend forward + backward)": lambda: be.backward(
             be.forward(cell, x, w_ih, w_hh, b, b, None, None, None)[3], dout, None, None, None),
     }
-    rows = []
-    for name, fn in phases.items():
-        fn()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-        rows.append((name, np.median(ts) * 1e3))
-    return rows
+    return [(name, np.median(time_calls(fn, repeats, warmup=1)) * 1e3) for name, fn in phases.items()]
 
 
 # ----------------------------------------------------------------------------- outputs
