@@ -157,7 +157,7 @@ def profile(cfg, repeats):
         "forward: input GEMM gx = X W_ih^T": lambda: gemm(x2, w_ih.T, gx.reshape(T * B, G * H)),
         "forward: recurrence (matmul + fused cell)": lambda: forward_recurrence(
             gx, w_hh, w_hh_t, b, tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out, gh,
-            np.empty((H, B), f32), np.empty((G * H, B), f32), TRANSPOSED_FWD),
+            np.empty((G * H, B), f32), TRANSPOSED_FWD),
         "  of which the per-step matmuls W_hh h^T": lambda: matmuls_only(tape["h_seq"], w_hh,
                                                                          np.empty((G * H, B), f32)),
         "backward: recurrence (fused cell + dh W_hh)": lambda: backward_recurrence(

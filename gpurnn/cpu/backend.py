@@ -87,13 +87,13 @@ class CpuBackend:
         aux = self._empty((T, B, H if spec.name == "gru" else 0), dtype)
         out = self._empty((T, B, H), dtype)
         gh = self._empty((B, GH), dtype)
-        hT, ghT = self._empty((H, B), dtype), self._empty((GH, B), dtype)   # scratch
+        ghT = self._empty((GH, B), dtype)          # scratch: the transposed product
         w_hh_t = self._empty((H, GH), dtype)       # W_hh^T: forward products, and the backward's
         transpose(w_hh, w_hh_t)                    # (kept in the tape)
 
         forward_recurrence, _ = recurrence_kernels(spec.name, dtype.name)
         forward_recurrence(gx, w_hh, w_hh_t, b_hh_or_zero, steps, h_seq, c_seq, aux, out, gh,
-                           hT, ghT, TRANSPOSED_FWD)
+                           ghT, TRANSPOSED_FWD)
 
         keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h
         tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,

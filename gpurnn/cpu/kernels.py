@@ -2,7 +2,7 @@
 
 What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LSTM, 3 GRU):
 
-  forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
+  forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, ghT,
                      transposed)
       for t in 0..T-1:  gh = h_{t-1} @ W_hh^T            (NumPy's BLAS, or a one-thread
                                                           loop for B <= 8; reused buffer)
@@ -52,7 +52,7 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
     aux      (T, B, H)    GRU: ah_n = (W_hh h_{t-1} + b_hh)_n; (T, B, 0) for other cells
     out      (T, B, H)    output h_t, 0 past a row's length
     gh       (B, G*H)     scratch: the recurrent matmul of one step
-    hT, ghT  (H, B), (G*H, B)  scratch for the transposed forward product
+    ghT      (G*H, B)     scratch for the transposed forward product
     transposed bool       forward BLAS product as ghT = W_hh @ h^T (else gh = h @ W_hh^T)
     acts     = gx after the forward
     truncate int          0 = full BPTT, else k >= 1
@@ -309,7 +309,7 @@ def _step_loops(key, forward_row, backward_row):
         if t >= 0:
             bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh)
 
-    def forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, hT, ghT,
+    def forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, ghT,
                            transposed):
         T, B = gx.shape[0], gx.shape[1]
         GH, H = w_hh.shape
