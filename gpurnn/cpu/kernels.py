@@ -340,8 +340,6 @@ def _step_loops(key, forward_row, backward_row):
         backward_step(-1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
                       dh_rec, dh_recT)
 
-    forward_recurrence.kernels = (forward_small, forward_step)
-    backward_recurrence.kernels = (backward_small, backward_step)
     return forward_recurrence, backward_recurrence
 
 
