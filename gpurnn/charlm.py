@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from .arrays import to_numpy
 from .backend import get_backend
 from .checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
 from .data import TextError, Vocabulary, as_streams, one_hot, split_train_val
@@ -145,7 +146,7 @@ def sample(lm, vocab, length, temperature=1.0, prime="", rng=None):
     h = out[-1]
     generated = []
     for _ in range(length):
-        logits = np.asarray(_host(lm.head.logits(h)), dtype=np.float64).ravel()
+        logits = np.asarray(to_numpy(lm.head.logits(h)), dtype=np.float64).ravel()
         if temperature <= 0:
             nxt = int(np.argmax(logits))
         else:
@@ -330,10 +331,6 @@ def plot_loss_curve(history, path, unigram_bpc=None, title="character LM"):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a
 
 
 __all__ = ["CELLS", "CharLM", "LMConfig", "Trainer", "load_model", "make_rnn", "plot_loss_curve",

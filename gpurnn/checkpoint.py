@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .arrays import to_numpy
+
 FORMAT = "gpurnn-checkpoint"
 VERSION = 1
 
@@ -49,7 +51,7 @@ def save_checkpoint(path, ckpt):
     for prefix, arrays in (("param", ckpt.params), ("optim", ckpt.optimizer_arrays),
                            ("array", ckpt.arrays)):
         for name, a in arrays.items():
-            entries[f"{prefix}/{name}"] = _host(a)
+            entries[f"{prefix}/{name}"] = to_numpy(a)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, suffix=".npz.tmp")
@@ -102,11 +104,3 @@ def check_config_matches(ckpt, config, keys, path="checkpoint"):
              for k in keys if ckpt.config.get(k) != config.get(k)]
     if diffs:
         raise CheckpointError(f"{path} does not match this model ({'; '.join(diffs)})")
-
-
-def _host(a):
-    if hasattr(a, "get") and not isinstance(a, np.ndarray):
-        a = a.get()
-    elif hasattr(a, "copy_to_host"):
-        a = a.copy_to_host()
-    return np.asarray(a)

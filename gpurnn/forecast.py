@@ -21,7 +21,7 @@ standardised with the training part's mean and standard deviation.
 """
 import numpy as np
 
-from .losses import array_module
+from .arrays import to_numpy
 from .optim import Adam, clip_grad_norm
 
 # ----------------------------------------------------------------------------- series
@@ -194,7 +194,7 @@ class LatentAR:
         out, _ = self.rnn(self.rnn.backend_impl.asarray(u))
         pred = out[:, 0, :] @ self.head["w"] + self.head["b"]
         self.rnn.train()
-        return np.asarray(_host(pred), dtype=np.float64)[start:]
+        return np.asarray(to_numpy(pred), dtype=np.float64)[start:]
 
 # ----------------------------------------------------------------------------- comparison
 
@@ -279,7 +279,3 @@ def plot_forecasts(results, path, span=150):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _host(a):
-    return a.get() if array_module(a) is not np else a

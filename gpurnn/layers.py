@@ -17,6 +17,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .arrays import to_numpy
 from .backend import get_backend
 from .cells import cell_spec
 from .validation import check_float_array, check_lengths, check_positive_int
@@ -85,7 +86,7 @@ class RNNBase:
 
     def state_dict(self):
         """Host NumPy copies of the parameters, in torch's names, order and shapes."""
-        return OrderedDict((k, np.array(_to_host(v))) for k, v in self._params.items())
+        return OrderedDict((k, np.array(to_numpy(v))) for k, v in self._params.items())
 
     def load_state_dict(self, state_dict):
         """Load torch-named weights (any np.asarray-able values). All-or-nothing."""
@@ -96,7 +97,7 @@ class RNNBase:
             raise ValueError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
         staged = OrderedDict()
         for name, shape in shapes.items():
-            value = np.asarray(_to_host(state_dict[name]))
+            value = to_numpy(state_dict[name])
             if value.shape != shape:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {shape}, got {value.shape}")
             if value.dtype.kind not in "fiu":
@@ -311,17 +312,6 @@ def _reverse_within_length(xp, a, lengths):
     t = np.arange(T)[:, None]
     src = np.where(t < lengths[None, :], lengths[None, :] - 1 - t, t)   # (T, B) source step
     return a[xp.asarray(src), xp.asarray(np.arange(B))[None, :]]
-
-
-def _to_host(a):
-    """A host array for anything array-like: NumPy, CuPy (.get()), torch (np.asarray)."""
-    if hasattr(a, "get") and not isinstance(a, (np.ndarray, dict)):
-        return a.get()
-    if hasattr(a, "copy_to_host"):
-        return a.copy_to_host()
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    return a
 
 
 class RNN(RNNBase):

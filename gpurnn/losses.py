@@ -17,17 +17,10 @@ import math
 
 import numpy as np
 
+from .arrays import array_module, to_numpy
 from .validation import check_positive_int
 
 LN2 = math.log(2.0)
-
-
-def array_module(a):
-    """numpy, or cupy when ``a`` is a CuPy array (the cuda backend's native arrays)."""
-    if type(a).__module__.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
 
 
 def log_softmax(logits):
@@ -128,7 +121,7 @@ class OutputLayer:
         return -float(logp[self.xp.arange(t.shape[0]), t].astype(np.float64).sum())
 
     def state_dict(self):
-        return {k: np.array(_host(v)) for k, v in self._params.items()}
+        return {k: np.array(to_numpy(v)) for k, v in self._params.items()}
 
     def load_state_dict(self, state_dict):
         for name, p in self._params.items():
@@ -139,7 +132,3 @@ class OutputLayer:
                 raise ValueError(f"state_dict[{name!r}]: expected shape {tuple(p.shape)}, got {value.shape}")
         self._params = {k: self.xp.asarray(np.asarray(state_dict[k]).astype(self.dtype))
                         for k in self._params}
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else a

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .losses import array_module
+from .arrays import array_module
 
 
 def global_norm(grads):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import gpurnn
+from gpurnn.arrays import to_numpy
 from gpurnn.cuda import CudaBackend
 from gpurnn.cuda import kernels as K
 from helpers import ALL_CELLS, make_model
@@ -29,10 +30,6 @@ def rel_err(a, b):
     assert np.all(np.isfinite(a)), "NaN/Inf in the cuda result (unwritten poisoned element?)"
     d = np.linalg.norm(b)
     return np.linalg.norm(a - b) / (d if d > 0 else 1.0)
-
-
-def _host(a):
-    return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
 
 
 def _pair(cell, I, H, backend, dtype="float32", **kw):
@@ -203,12 +200,12 @@ def test_device_arrays_stay_on_device(rng):
     out_r, h_r = ref(x)
     for a, b in ((out_d, out_r), (h_d, h_r)):
         assert not isinstance(a, np.ndarray) and hasattr(a, "copy_to_host")
-        assert rel_err(_host(a), b) <= 1e-5
+        assert rel_err(to_numpy(a), b) <= 1e-5
     dout = rng.standard_normal(out_r.shape).astype(np.float32)
     dx_d, dh0_d = dev.backward(cuda.to_device(dout))
     dx_r, dh0_r = ref.backward(dout)
-    assert hasattr(dx_d, "copy_to_host") and rel_err(_host(dx_d), dx_r) <= 1e-5
-    assert rel_err(_host(dh0_d), dh0_r) <= 1e-5
+    assert hasattr(dx_d, "copy_to_host") and rel_err(to_numpy(dx_d), dx_r) <= 1e-5
+    assert rel_err(to_numpy(dh0_d), dh0_r) <= 1e-5
 
 
 def test_backend_contract_flags():
