@@ -26,7 +26,7 @@ class UsageError(Exception):
 # ----------------------------------------------------------------------------- train
 
 
-# Sized for about 2-4 minutes on a 2-core CPU with the cpu backend (see README).
+# About a minute on a 2-core CPU with the cpu backend (README shows a measured run).
 DEFAULT_STEPS = 1000
 
 
