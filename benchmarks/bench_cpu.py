@@ -76,6 +76,12 @@ def torch_runner(cfg, weights, x, dout):
     return step
 
 
+def split_plan(model):
+    """How backend="cpu" split the recurrence over threads, e.g. "units x2" (kernels.Plan)."""
+    kind, nparts = model.backend_impl.last_plan["forward"]
+    return f"{kind} x{nparts}"
+
+
 def tape_bytes(model):
     """Bytes the backend keeps between forward and backward (x and weights excluded)."""
     from gpurnn.cpu import tape_nbytes
@@ -119,7 +125,8 @@ def measure(cfg, repeats, with_numpy):
         rows.append(dict(config=config_name(cfg), cell=cell, T=T, B=B, I=I, H=H, backend=name,
                          median_ms=np.median(ms), p20_ms=np.percentile(ms, 20),
                          p80_ms=np.percentile(ms, 80),
-                         tape_bytes=tape_bytes(models[name]) if name in models else ""))
+                         tape_bytes=tape_bytes(models[name]) if name in models else "",
+                         plan=split_plan(models[name]) if name == "cpu" else ""))
     base = np.median(times["torch"]) if "torch" in times else None
     for r in rows:
         r["ratio_to_torch"] = r["median_ms"] / (base * 1e3) if base else float("nan")
@@ -128,10 +135,12 @@ def measure(cfg, repeats, with_numpy):
 
 # ----------------------------------------------------------------------------- profile
 def profile(cfg, repeats):
-    """Where the time of backend="cpu" goes for one layer of ``cfg``: each phase timed alone."""
+    """Where the time of backend="cpu" goes for one layer of ``cfg``: each phase timed alone,
+    split over threads as the backend splits it (kernels.Plan)."""
     from gpurnn.cpu import CpuBackend
     from gpurnn.cpu.backend import TRANSPOSED_FWD
-    from gpurnn.cpu.kernels import gemm, recurrence_kernels
+    from gpurnn.cpu.kernels import Plan, gemm, recurrence_kernels, transpose
+    from gpurnn.cpu.parallel import recurrence_threads
     cell, T, B, I, H = cfg
     G = GATES[cell]
     rng = np.random.default_rng(1)
@@ -143,30 +152,41 @@ def profile(cfg, repeats):
     dout = rng.standard_normal((T, B, H)).astype(f32)
     be = CpuBackend()
     tape = be.forward(cell, x, w_ih, w_hh, b, b, None, None, None)[3]
-    forward_recurrence, backward_recurrence = recurrence_kernels(cell, "float32")
+    forward_part, backward_part = recurrence_kernels(cell, "float32")
+    w_hh_t = np.empty((H, G * H), f32)
+    transpose(w_hh, w_hh_t)
+    gx, out, dgx = np.empty((T, B, G * H), f32), np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)
+    x2, gx2, d2 = x.reshape(T * B, I), gx.reshape(T * B, G * H), dgx.reshape(T * B, G * H)
 
-    def matmuls_only(h_seq, w_hh, ghT):         # the forward's BLAS calls (NumPy's), no cell
-        for t in range(h_seq.shape[0] - 1):     # math or copies (kernels, B > 8)
-            np.matmul(w_hh, h_seq[t].T, out=ghT)
+    def split(fn):                              # fn(plan, part) on every part, as the backend runs it
+        def run():
+            plan = Plan(T, B, H, G * H, recurrence_threads())
+            plan.prepare_forward(f32)
+            plan.prepare_backward(f32)
+            plan.run(lambda p: fn(plan, p))
+        return run
 
-    gx, w_hh_t, gh = np.empty((T, B, G * H), f32), np.ascontiguousarray(w_hh.T), np.empty((B, G * H), f32)
-    out, dgx = np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)
-    zeros = lambda: np.zeros((B, H), f32)
-    x2, d2 = x.reshape(T * B, I), dgx.reshape(T * B, G * H)
+    def products_only(plan, p):                 # the forward's per-step BLAS calls alone ("rows")
+        if plan.kind != "rows":
+            return
+        b0, b1 = plan.rows(p)
+        ghT = np.empty((G * H, b1 - b0), f32)
+        for t in range(T):
+            np.matmul(w_hh, tape["h_seq"][t, b0:b1].T, out=ghT)
+
     phases = {
-        "forward: input GEMM gx = X W_ih^T": lambda: gemm(x2, w_ih.T, gx.reshape(T * B, G * H)),
-        "forward: recurrence (matmul + fused cell)": lambda: forward_recurrence(
-            gx, w_hh, w_hh_t, b, tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out, gh,
-            np.empty((G * H, B), f32), TRANSPOSED_FWD),
-        "  of which the per-step matmuls W_hh h^T": lambda: matmuls_only(tape["h_seq"], w_hh,
-                                                                         np.empty((G * H, B), f32)),
-        "backward: recurrence (fused cell + dh W_hh)": lambda: backward_recurrence(
-            tape["acts"], tape["h_seq"], tape["c_seq"], tape["aux"], w_hh, w_hh_t, tape["lengths"], 0,
-            dout, zeros(), zeros(), dgx, dgx, np.empty((B, H), f32), np.empty((H, B), f32)),
-        "backward: dX = dG W_ih": lambda: gemm(d2, w_ih, np.empty((T * B, I), f32)),
-        "backward: dW_ih = dG^T X": lambda: gemm(d2.T, x2, np.empty((G * H, I), f32)),
-        "backward: dW_hh = dG^T H_prev": lambda: gemm(d2.T, tape["h_seq"][:T].reshape(T * B, H),
-                                                      np.empty((G * H, H), f32)),
+        "forward: input GEMM gx = X W_ih^T": split(lambda plan, p: gemm(x2, w_ih.T, gx2, p, plan.nparts)),
+        "forward: recurrence (products + fused cell)": split(lambda plan, p: forward_part(
+            plan, p, gx, w_hh, w_hh_t, b, tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out,
+            TRANSPOSED_FWD)),
+        "  of which the per-step BLAS products (B > 8)": split(products_only),
+        "backward: recurrence (fused cell + products)": split(lambda plan, p: backward_part(
+            plan, p, tape["acts"], tape["h_seq"], tape["c_seq"], tape["aux"], w_hh, w_hh_t, tape["lengths"],
+            0, dout, np.zeros((B, H), f32), np.zeros((B, H), f32), dgx, dgx)),
+        "backward: dX = dG W_ih": split(lambda plan, p: gemm(d2, w_ih, np.empty((T * B, I), f32), p, plan.nparts)),
+        "backward: dW_ih = dG^T X": split(lambda plan, p: gemm(d2.T, x2, np.empty((G * H, I), f32), p, plan.nparts)),
+        "backward: dW_hh = dG^T H_prev": split(lambda plan, p: gemm(
+            d2.T, tape["h_seq"][:T].reshape(T * B, H), np.empty((G * H, H), f32), p, plan.nparts)),
         "backward: bias sums": lambda: d2.sum(0),
         "whole layer (backend forward + backward)": lambda: be.backward(
             be.forward(cell, x, w_ih, w_hh, b, b, None, None, None)[3], dout, None, None, None),
@@ -197,7 +217,7 @@ def machine_info(threads):
 def write_outputs(out_dir, rows, profile_rows, info, command, load):
     out_dir.mkdir(parents=True, exist_ok=True)
     fields = ["threads", "config", "cell", "T", "B", "I", "H", "backend", "median_ms", "p20_ms",
-              "p80_ms", "ratio_to_torch", "tape_bytes"]
+              "p80_ms", "ratio_to_torch", "tape_bytes", "plan"]
     with open(out_dir / "cpu.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -205,11 +225,11 @@ def write_outputs(out_dir, rows, profile_rows, info, command, load):
             writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
 
     lines = [f"Command: `{command}`", "", f"Machine: {info}", "", f"Load average (1 min) before/after: {load}",
-             "", "| threads | config | backend | median ms | p20 ms | p80 ms | ratio to torch | tape bytes |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+             "", "| threads | config | backend | median ms | p20 ms | p80 ms | ratio to torch | tape bytes | split |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['threads']} | {r['config']} | {r['backend']} | {r['median_ms']:.2f} | {r['p20_ms']:.2f} |"
-                     f" {r['p80_ms']:.2f} | {r['ratio_to_torch']:.2f} | {r['tape_bytes']} |")
+                     f" {r['p80_ms']:.2f} | {r['ratio_to_torch']:.2f} | {r['tape_bytes']} | {r['plan']} |")
     for threads, prof_cfg, prof in profile_rows:
         lines += ["", f"Profile, backend=cpu, {config_name(prof_cfg)}, {threads} thread(s) (each phase timed alone, median ms):",
                   "", "| phase | ms |", "|---|---:|"] + [f"| {n} | {ms:.2f} |" for n, ms in prof]

@@ -39,8 +39,17 @@ class CpuBackend:
     xp = np
     dtypes = ("float32", "float64")
 
-    def __init__(self, poison=False):
+    def __init__(self, poison=False, threads=None):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
         self.poison = bool(poison)
+        self.threads = threads
+        self.last_plan = None     # e.g. {"forward": ("units", 2), "backward": ("units", 2)}
+
+    def _threads(self):
+        from .parallel import recurrence_threads
+        return recurrence_threads() if self.threads is None else self.threads
 
     def is_available(self):
         try:
@@ -66,39 +75,46 @@ class CpuBackend:
 
     # ------------------------------------------------------------------ forward
     def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
-        from .kernels import gemm, recurrence_kernels, transpose
+        from .kernels import Plan, gemm, recurrence_kernels, transpose
         spec = cell_spec(cell)
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
         T, B, I = x.shape
         GH, H = w_hh.shape
         dtype = x.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
+        plan = Plan(T, B, H, GH, self._threads())
 
         gx = self._empty((T, B, GH), dtype)
-        gemm(x.reshape(T * B, I), w_ih.T, gx.reshape(T * B, GH))
-        if b_ih is not None:
-            gx += b_ih
         b_hh_or_zero = np.zeros(GH, dtype) if b_hh is None else np.ascontiguousarray(b_hh)
-
         h_seq = self._empty((T + 1, B, H), dtype)
         h_seq[0] = 0 if h0 is None else h0
         c_seq = self._empty((T + 1, B, H if spec.has_cell_state else 0), dtype)
         c_seq[0] = 0 if c0 is None or not spec.has_cell_state else c0
         aux = self._empty((T, B, H if spec.name == "gru" else 0), dtype)
         out = self._empty((T, B, H), dtype)
-        gh = self._empty((B, GH), dtype)
-        ghT = self._empty((GH, B), dtype)          # scratch: the transposed product
-        w_hh_t = self._empty((H, GH), dtype)       # W_hh^T: forward products, and the backward's
-        transpose(w_hh, w_hh_t)                    # (kept in the tape)
+        w_hh_t = None                              # W_hh^T for BLAS-step products (kept in the
+        if plan.kind == "rows":                    # tape for the backward's)
+            w_hh_t = self._empty((H, GH), dtype)
+            transpose(w_hh, w_hh_t)
+        plan.prepare_forward(dtype)
+        forward_part, _ = recurrence_kernels(spec.name, dtype.name)
+        x2, gx2 = x.reshape(T * B, I), gx.reshape(T * B, GH)
 
-        forward_recurrence, _ = recurrence_kernels(spec.name, dtype.name)
-        forward_recurrence(gx, w_hh, w_hh_t, b_hh_or_zero, steps, h_seq, c_seq, aux, out, gh,
-                           ghT, TRANSPOSED_FWD)
+        def part(p):
+            gemm(x2, w_ih.T, gx2, p, plan.nparts)              # gx = X W_ih^T + b_ih, by rows
+            if b_ih is not None:
+                own = gx2[T * B * p // plan.nparts:T * B * (p + 1) // plan.nparts]
+                own += b_ih
+            plan.meet(p)
+            forward_part(plan, p, gx, w_hh, w_hh_t, b_hh_or_zero, steps, h_seq, c_seq, aux, out,
+                         TRANSPOSED_FWD)
+        plan.run(part)
+        self.last_plan = {"forward": plan.describe()}
 
         keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h
         tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
                     acts=gx if keeps_acts else np.empty((T, B, 0), dtype),
-                    h_seq=h_seq, c_seq=c_seq, aux=aux,
+                    h_seq=h_seq, c_seq=c_seq, aux=aux, plan=plan,
                     has_bias=(b_ih is not None, b_hh is not None))
         c_n = c_seq[T].copy() if spec.has_cell_state else None
         return out, h_seq[T].copy(), c_n, tape
@@ -107,7 +123,7 @@ class CpuBackend:
     def backward(self, tape, dout, dh_n, dc_n, truncate):
         from .kernels import gemm, recurrence_kernels
         cell, x, w_ih, w_hh = tape["cell"], tape["x"], tape["w_ih"], tape["w_hh"]
-        h_seq, c_seq = tape["h_seq"], tape["c_seq"]
+        h_seq, c_seq, plan = tape["h_seq"], tape["c_seq"], tape["plan"]
         T, B, I = x.shape
         GH, H = w_hh.shape
         dtype = x.dtype
@@ -117,21 +133,25 @@ class CpuBackend:
         dc = self._state(dc_n if has_c else None, (B, c_seq.shape[2]), dtype)
         dgx = self._empty((T, B, GH), dtype)
         dgh = self._empty((T, B, GH), dtype) if cell == "gru" else dgx
-        dh_rec, dh_recT = self._empty((B, H), dtype), self._empty((H, B), dtype)
-
-        _, backward_recurrence = recurrence_kernels(cell, dtype.name)
-        backward_recurrence(tape["acts"], h_seq, c_seq, tape["aux"], w_hh, tape["w_hh_t"],
-                            tape["lengths"],
-                            0 if truncate is None else int(truncate),
-                            np.ascontiguousarray(dout, dtype), dh, dc, dgx, dgh, dh_rec, dh_recT)
-
-        dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
         dx = self._empty((T, B, I), dtype)
-        gemm(dgx2, w_ih, dx.reshape(T * B, I))
         dw_ih = self._empty((GH, I), dtype)
-        gemm(dgx2.T, x.reshape(T * B, I), dw_ih)
         dw_hh = self._empty((GH, H), dtype)
-        gemm(dgh2.T, h_seq[:T].reshape(T * B, H), dw_hh)
+        dout = np.ascontiguousarray(dout, dtype)
+        truncate = 0 if truncate is None else int(truncate)
+        plan.prepare_backward(dtype)
+        _, backward_part = recurrence_kernels(cell, dtype.name)
+        dgx2, dgh2, x2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH), x.reshape(T * B, I)
+        h_prev2 = h_seq[:T].reshape(T * B, H)
+
+        def part(p):
+            backward_part(plan, p, tape["acts"], h_seq, c_seq, tape["aux"], w_hh, tape["w_hh_t"],
+                          tape["lengths"], truncate, dout, dh, dc, dgx, dgh)
+            plan.meet(p)
+            gemm(dgx2, w_ih, dx.reshape(T * B, I), p, plan.nparts)   # dX = dG_x W_ih
+            gemm(dgx2.T, x2, dw_ih, p, plan.nparts)                  # dW_ih = dG_x^T X
+            gemm(dgh2.T, h_prev2, dw_hh, p, plan.nparts)             # dW_hh = dG_h^T H_prev
+        plan.run(part)
+        self.last_plan = dict(self.last_plan or {}, backward=plan.describe())
         has_b_ih, has_b_hh = tape["has_bias"]
         return DirectionGrads(dx=dx, dh0=dh, dc0=dc if has_c else None, dw_ih=dw_ih, dw_hh=dw_hh,
                               db_ih=dgx2.sum(0) if has_b_ih else None,

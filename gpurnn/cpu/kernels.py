@@ -67,6 +67,7 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
 
 Run/test:  python -m pytest tests/test_cpu_backend.py -q
 """
+import contextlib
 import functools
 
 import numpy as np
@@ -74,6 +75,8 @@ import numpy as np
 from ..cells import make_cell_math
 from . import fastmath
 from .jit import stable_jit
+from .parallel import run_parts, single_threaded_blas
+from .sync import FLAG_STRIDE, barrier, meet
 
 
 @functools.lru_cache(maxsize=None)
@@ -88,36 +91,39 @@ def cell_math(dtype_name):
 
 
 # --------------------------------------------------------------------------- row kernels
-# One (step, batch row) of a cell: a single fused pass over the H hidden units. All cells
+# One (step, batch row) of a cell, hidden units u0..u1-1: a single fused pass. All cells
 # share two signatures so that the step loops below are written once:
-#   forward  (gx, gh, b_hh, h_prev, c_prev, h, c, aux)                 rows of the forward's arrays
-#   backward (dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh) rows of the backward's
+#   forward  (gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1)                 rows of the forward's arrays
+#            (gh holds just these units' G gate blocks, each u1-u0 long: the product of one part)
+#   backward (dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1) rows of the backward's
 # The backward row leaves in dh the part of dh_{t-1} that bypasses W_hh, and in dc dc_{t-1}.
 # Gate blocks are taken as views and indexed by the loop counter alone: an index such as
 # ``2 * H + j`` gets Numba's negative-index wraparound, which stops LLVM from vectorising
 # the loop (measured 51 ns vs 2.8 ns per LSTM unit).
 
 @stable_jit("views", inline="always")
-def _gate_views3(a, H):
-    return a[:H], a[H:2 * H], a[2 * H:3 * H]
+def _gate_views3(a, H, u0, u1):
+    return a[u0:u1], a[H + u0:H + u1], a[2 * H + u0:2 * H + u1]
 
 
 @stable_jit("views", inline="always")
-def _gate_views4(a, H):
-    return a[:H], a[H:2 * H], a[2 * H:3 * H], a[3 * H:4 * H]
+def _gate_views4(a, H, u0, u1):
+    return a[u0:u1], a[H + u0:H + u1], a[2 * H + u0:2 * H + u1], a[3 * H + u0:3 * H + u1]
 
 
 def _rnn_rows(key, act_fwd, act_bwd):
     @stable_jit(key)
-    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux):
-        for j in range(h.shape[0]):
-            h[j] = act_fwd(gx[j] + gh[j] + b_hh[j])
+    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1):
+        x, r, b, h_ = gx[u0:u1], gh[:u1 - u0], b_hh[u0:u1], h[u0:u1]
+        for j in range(u1 - u0):
+            h_[j] = act_fwd(x[j] + r[j] + b[j])
 
     @stable_jit(key)
-    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh):
-        for j in range(h.shape[0]):
-            dgx[j] = act_bwd(dh[j] + dout[j], h[j])
-            dh[j] = 0
+    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
+        do, dh_, h_, da = dout[u0:u1], dh[u0:u1], h[u0:u1], dgx[u0:u1]
+        for j in range(u1 - u0):
+            da[j] = act_bwd(dh_[j] + do[j], h_[j])
+            dh_[j] = 0
 
     return forward_row, backward_row
 
@@ -126,25 +132,27 @@ def _lstm_rows(key, cm):
     lstm_fwd, lstm_bwd = cm.lstm_fwd, cm.lstm_bwd
 
     @stable_jit(key)
-    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux):
+    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1):
         H = h.shape[0]
-        xi, xf, xg, xo = _gate_views4(gx, H)      # in: x-side pre-activations; out: i, f, g, o
-        hi, hf, hg, ho = _gate_views4(gh, H)
-        bi, bf, bg, bo = _gate_views4(b_hh, H)
-        for j in range(H):
-            i, f, g, o, c[j], h[j] = lstm_fwd(xi[j] + hi[j] + bi[j], xf[j] + hf[j] + bf[j],
-                                              xg[j] + hg[j] + bg[j], xo[j] + ho[j] + bo[j], c_prev[j])
+        xi, xf, xg, xo = _gate_views4(gx, H, u0, u1)   # in: x-side pre-activations; out: i, f, g, o
+        hi, hf, hg, ho = _gate_views4(gh, u1 - u0, 0, u1 - u0)
+        bi, bf, bg, bo = _gate_views4(b_hh, H, u0, u1)
+        cp, c_, h_ = c_prev[u0:u1], c[u0:u1], h[u0:u1]
+        for j in range(u1 - u0):
+            i, f, g, o, c_[j], h_[j] = lstm_fwd(xi[j] + hi[j] + bi[j], xf[j] + hf[j] + bf[j],
+                                                xg[j] + hg[j] + bg[j], xo[j] + ho[j] + bo[j], cp[j])
             xi[j], xf[j], xg[j], xo[j] = i, f, g, o
 
     @stable_jit(key)
-    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh):
+    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
         H = h.shape[0]
-        i, f, g, o = _gate_views4(acts, H)
-        di, df, dg, do = _gate_views4(dgx, H)
-        for j in range(H):
-            di[j], df[j], dg[j], do[j], dc[j] = lstm_bwd(dh[j] + dout[j], dc[j], i[j], f[j], g[j], o[j],
-                                                         c[j], c_prev[j])
-            dh[j] = 0
+        i, f, g, o = _gate_views4(acts, H, u0, u1)
+        di, df, dg, do = _gate_views4(dgx, H, u0, u1)
+        dout_, dh_, dc_, c_, cp = dout[u0:u1], dh[u0:u1], dc[u0:u1], c[u0:u1], c_prev[u0:u1]
+        for j in range(u1 - u0):
+            di[j], df[j], dg[j], do[j], dc_[j] = lstm_bwd(dh_[j] + dout_[j], dc_[j], i[j], f[j], g[j],
+                                                          o[j], c_[j], cp[j])
+            dh_[j] = 0
 
     return forward_row, backward_row
 
@@ -153,24 +161,26 @@ def _gru_rows(key, cm):
     gru_fwd, gru_bwd = cm.gru_fwd, cm.gru_bwd
 
     @stable_jit(key)
-    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux):
+    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1):
         H = h.shape[0]
-        xr, xz, xn = _gate_views3(gx, H)          # in: x-side pre-activations; out: r, z, n
-        hr, hz, hn = _gate_views3(gh, H)
-        br, bz, bn = _gate_views3(b_hh, H)
-        for j in range(H):
-            aux[j] = hn[j] + bn[j]                # ah_n, kept for the backward
-            r, z, n, h[j] = gru_fwd(xr[j] + hr[j] + br[j], xz[j] + hz[j] + bz[j], xn[j], aux[j], h_prev[j])
+        xr, xz, xn = _gate_views3(gx, H, u0, u1)      # in: x-side pre-activations; out: r, z, n
+        hr, hz, hn = _gate_views3(gh, u1 - u0, 0, u1 - u0)
+        br, bz, bn = _gate_views3(b_hh, H, u0, u1)
+        hp, h_, ahn = h_prev[u0:u1], h[u0:u1], aux[u0:u1]
+        for j in range(u1 - u0):
+            ahn[j] = hn[j] + bn[j]                    # ah_n, kept for the backward
+            r, z, n, h_[j] = gru_fwd(xr[j] + hr[j] + br[j], xz[j] + hz[j] + bz[j], xn[j], ahn[j], hp[j])
             xr[j], xz[j], xn[j] = r, z, n
 
     @stable_jit(key)
-    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh):
+    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
         H = h.shape[0]
-        r, z, n = _gate_views3(acts, H)
-        dxr, dxz, dxn = _gate_views3(dgx, H)
-        dhr, dhz, dhn = _gate_views3(dgh, H)
-        for j in range(H):
-            dar, daz, dxn[j], dhn[j], dh[j] = gru_bwd(dh[j] + dout[j], r[j], z[j], n[j], aux[j], h_prev[j])
+        r, z, n = _gate_views3(acts, H, u0, u1)
+        dxr, dxz, dxn = _gate_views3(dgx, H, u0, u1)
+        dhr, dhz, dhn = _gate_views3(dgh, H, u0, u1)
+        dout_, dh_, ahn, hp = dout[u0:u1], dh[u0:u1], aux[u0:u1], h_prev[u0:u1]
+        for j in range(u1 - u0):
+            dar, daz, dxn[j], dhn[j], dh_[j] = gru_bwd(dh_[j] + dout_[j], r[j], z[j], n[j], ahn[j], hp[j])
             dxr[j], dxz[j] = dar, daz
             dhr[j], dhz[j] = dar, daz
 
@@ -189,38 +199,44 @@ def _cell_rows(key, cell, cm):
     raise ValueError(f"cell: expected one of rnn_tanh, rnn_relu, lstm, gru, got {cell!r}")
 
 
-# --------------------------------------------------------------------------- step loops
+# --------------------------------------------------------------------------- products
 # Per-step products at most this many multiply-adds (and at most 8 rows) skip BLAS: a
-# one-thread loop is as fast there (B=1, H=256 LSTM: 11 us vs 12 us per step) and cannot be
+# one-thread loop is as fast there (B=1, H=256 LSTM: 11 us vs 12 us per step), cannot be
 # stalled by a BLAS worker thread that lost its core (2 threads on a loaded 2-core machine:
-# up to 60 ms per 100 steps, measured).
+# up to 60 ms per 100 steps, measured), and can be split by hidden units over threads.
 SMALL_STEP_MACS = 1 << 22
-
-
-@stable_jit("small", inline="always")
-def _small_matmul(a, b, out):
-    """out = a @ b for a few rows, one thread, 4 rows of b per pass so that each load and
-    store of ``out`` serves 4 multiply-adds. a (M, K), b (K, N), out (M, N)."""
-    M, K = a.shape
-    N = b.shape[1]
-    K4 = K - K % 4
-    for m in range(M):
-        row = out[m]
-        row[:] = 0
-        for k in range(0, K4, 4):
-            s0, s1, s2, s3 = a[m, k], a[m, k + 1], a[m, k + 2], a[m, k + 3]
-            b0, b1, b2, b3 = b[k], b[k + 1], b[k + 2], b[k + 3]
-            for n in range(N):
-                row[n] += s0 * b0[n] + s1 * b1[n] + s2 * b2[n] + s3 * b3[n]
-        for k in range(K4, K):
-            s, bk = a[m, k], b[k]
-            for n in range(N):
-                row[n] += s * bk[n]
 
 
 def _is_small(M, K, N):
     """Per-step products of this size (rows M <= 8) take the njit loop, not BLAS."""
     return M <= 8 and M * K * N <= SMALL_STEP_MACS
+
+
+@stable_jit("small", inline="always")
+def _accumulate_product(coef, rows, c0, out):
+    """out[j] += sum_k coef[k] * rows[k, c0 + j] for j < len(out). coef (K,), rows (K, >= c0 +
+    len(out)) C-contiguous. Four rows per pass, so each load and store of ``out`` serves four
+    multiply-adds; the loop streams ``rows`` (the weights), which is what bounds it."""
+    K, n = coef.shape[0], out.shape[0]
+    K4 = K - K % 4
+    for k in range(0, K4, 4):
+        s0, s1, s2, s3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
+        r0, r1, r2, r3 = rows[k, c0:c0 + n], rows[k + 1, c0:c0 + n], rows[k + 2, c0:c0 + n], rows[k + 3, c0:c0 + n]
+        for j in range(n):
+            out[j] += s0 * r0[j] + s1 * r1[j] + s2 * r2[j] + s3 * r3[j]
+    for k in range(K4, K):
+        s, r = coef[k], rows[k, c0:c0 + n]
+        for j in range(n):
+            out[j] += s * r[j]
+
+
+@stable_jit("small", inline="always")
+def _unit_range(part, nparts, H):
+    """Hidden units [u0, u1) of one part: equal chunks in multiples of 16 (one AVX-512 vector
+    of float32), so that only the last part has a ragged edge."""
+    chunk = ((H + nparts - 1) // nparts + 15) // 16 * 16
+    u0 = min(part * chunk, H)
+    return u0, min(u0 + chunk, H)
 
 
 @stable_jit("small", inline="always")
@@ -241,114 +257,237 @@ def _transpose_into(src, dst):
             dst[m, n] = src[n, m]
 
 
+# --------------------------------------------------------------------------- step loops
 def _step_loops(key, forward_row, backward_row):
     @stable_jit(key, inline="always")
-    def fwd_rows(t, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out):
-        for b in range(gx.shape[1]):
+    def fwd_rows(t, b0, b1, u0, u1, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out):
+        """Step t, rows b0..b1-1 (their products in gh[b - b0]), units u0..u1-1."""
+        for b in range(b0, b1):
             if t < lengths[b]:
-                forward_row(gx[t, b], gh[b], b_hh, h_seq[t, b], c_seq[t, b],
-                            h_seq[t + 1, b], c_seq[t + 1, b], aux[t, b])
-                out[t, b, :] = h_seq[t + 1, b]
+                forward_row(gx[t, b], gh[b - b0], b_hh, h_seq[t, b], c_seq[t, b],
+                            h_seq[t + 1, b], c_seq[t + 1, b], aux[t, b], u0, u1)
+                out[t, b, u0:u1] = h_seq[t + 1, b, u0:u1]
             else:   # past this row's length: carry the state, output zeros
-                h_seq[t + 1, b, :] = h_seq[t, b]
-                c_seq[t + 1, b, :] = c_seq[t, b]
-                aux[t, b, :] = 0
-                out[t, b, :] = 0
+                h_seq[t + 1, b, u0:u1] = h_seq[t, b, u0:u1]
+                c_seq[t + 1, b, u0:u1] = c_seq[t, b, u0:u1]
+                aux[t, b, u0:u1] = 0
+                out[t, b, u0:u1] = 0
 
     @stable_jit(key, inline="always")
-    def bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh):
-        T, B = acts.shape[0], acts.shape[1]
+    def bwd_rows(t, b0, b1, u0, u1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc,
+                 dgx, dgh):
+        """Step t, rows b0..b1-1, units u0..u1-1 (and their G gate columns in dgx/dgh)."""
+        T, H = acts.shape[0], h_seq.shape[2]
         if truncate > 0 and t + 1 < T and (t + 1) % truncate == 0:
-            for b in range(B):
+            for b in range(b0, b1):
                 if t + 1 < lengths[b]:   # step t+1 was real: drop what it sends back
-                    dh[b, :] = 0
-                    dc[b, :] = 0
-        for b in range(B):
+                    dh[b, u0:u1] = 0
+                    dc[b, u0:u1] = 0
+        for b in range(b0, b1):
             if t < lengths[b]:
                 backward_row(dout[t, b], dh[b], dc[b], acts[t, b], h_seq[t, b], h_seq[t + 1, b],
-                             c_seq[t, b], c_seq[t + 1, b], aux[t, b], dgx[t, b], dgh[t, b])
+                             c_seq[t, b], c_seq[t + 1, b], aux[t, b], dgx[t, b], dgh[t, b], u0, u1)
             else:   # no gradient past the length; dh/dc pass through unchanged
-                dgx[t, b, :] = 0
-                dgh[t, b, :] = 0
+                for g in range(dgx.shape[2] // H):
+                    dgx[t, b, g * H + u0:g * H + u1] = 0
+                    dgh[t, b, g * H + u0:g * H + u1] = 0
 
-    @stable_jit(key)
-    def forward_small(gx, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh):
-        """The whole forward in one njit call, per-step products by _small_matmul."""
-        for t in range(gx.shape[0]):
-            _small_matmul(h_seq[t], w_hh_t, gh)
-            fwd_rows(t, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+    # ---- small products (B <= 8): the whole loop in one njit call per part; the parts
+    # split the hidden units, meeting at a spin barrier once per step
+    @stable_jit(key, nogil=True)
+    def forward_small(part, nparts, flags, gx, w_hh, w_packed, b_hh, lengths, h_seq, c_seq, aux,
+                      out):
+        """Part ``part`` of ``nparts``: packs the W_hh^T columns of its units' G gates into
+        w_packed[part] (1/nparts of W_hh, which then stays in this core's L2 cache), then per
+        step their products h_{t-1} @ W_hh^T and the fused cell; the barrier publishes h_t to
+        the other parts."""
+        T, B, H = gx.shape[0], gx.shape[1], h_seq.shape[2]
+        u0, u1 = _unit_range(part, nparts, H)
+        n = u1 - u0
+        G = gx.shape[2] // H
+        w = w_packed[part]                      # (H, G*chunk); columns g*n + j = unit u0 + j
+        if nparts == 1:                         # all units: plain W_hh^T (C-contiguous stores,
+            _transpose_into(w_hh, w)            # 0.15 vs 0.22 ms at H=256)
+        else:
+            for g in range(G):
+                _transpose_into(w_hh[g * H + u0:g * H + u1], w[:, g * n:(g + 1) * n])
+        gh = np.empty((B, G * n), gx.dtype)     # this part's products, gate-major
+        for t in range(T):
+            for b in range(B):
+                gh[b, :] = 0
+                _accumulate_product(h_seq[t, b], w, 0, gh[b])
+            fwd_rows(t, 0, B, u0, u1, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+            barrier(flags, part, nparts, t + 1)
 
-    @stable_jit(key)
-    def forward_step(t, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out):
-        """One forward step after NumPy's BLAS wrote its product (ghT, or gh directly)."""
+    @stable_jit(key, nogil=True)
+    def backward_small(part, nparts, flags, acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout,
+                       dh, dc, dgx, dgh, partial):
+        """Part ``part`` of ``nparts``: the cell backward for its units, then its share of
+        dh_{t-1} = dgh[t] @ W_hh over its units' G gate rows of W_hh into partial[t % 2,
+        part] (B, H); after the barrier each part adds all parts' shares for its own units.
+        Two partial buffers, alternating, so one barrier per step suffices."""
+        T, B, H = acts.shape[0], acts.shape[1], h_seq.shape[2]
+        u0, u1 = _unit_range(part, nparts, H)
+        for t in range(T - 1, -1, -1):
+            bwd_rows(t, 0, B, u0, u1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc,
+                     dgx, dgh)
+            share = partial[t % 2, part]
+            for b in range(B):
+                share[b, :] = 0
+                for g in range(dgx.shape[2] // H):
+                    r0 = g * H + u0
+                    _accumulate_product(dgh[t, b, r0:g * H + u1], w_hh[r0:g * H + u1], 0, share[b])
+            barrier(flags, part, nparts, T - t)
+            for b in range(B):
+                if t < lengths[b]:
+                    for q in range(nparts):
+                        dh[b, u0:u1] += partial[t % 2, q, b, u0:u1]
+
+    # ---- BLAS products (B > 8): a Python time loop per part, one BLAS call and one njit
+    # call per step; the parts split the batch rows and never meet
+    @stable_jit(key, nogil=True)
+    def forward_step(t, b0, b1, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out):
+        """One forward step of rows b0..b1-1 after BLAS wrote their product (ghT, or gh)."""
         if transposed:
             _transpose_into(ghT, gh)
-        fwd_rows(t, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+        fwd_rows(t, b0, b1, 0, h_seq.shape[2], gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
 
-    @stable_jit(key)
-    def backward_small(acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout, dh, dc, dgx, dgh,
-                       dh_rec):
-        """The whole backward in one njit call, per-step products by _small_matmul."""
-        for t in range(acts.shape[0] - 1, -1, -1):
-            bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh)
-            _small_matmul(dgh[t], w_hh, dh_rec)
-            for b in range(acts.shape[1]):
-                if t < lengths[b]:
-                    dh[b, :] += dh_rec[b]
-
-    @stable_jit(key)
-    def backward_step(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
+    @stable_jit(key, nogil=True)
+    def backward_step(t, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
                       dh_rec, dh_recT):
-        """First adds step t+1's product dh_recT (NumPy's BLAS, (H, B)) into dh for the rows
+        """First adds step t+1's product dh_recT (BLAS, (H, b1-b0)) into dh for the rows
         where step t+1 was real (none when t = T-1), then step t's rows (none when t = -1)."""
         if t + 1 < acts.shape[0]:
             _transpose_into(dh_recT, dh_rec)
-            for b in range(acts.shape[1]):
+            for b in range(b0, b1):
                 if t + 1 < lengths[b]:
-                    dh[b, :] += dh_rec[b]
+                    dh[b, :] += dh_rec[b - b0]
         if t >= 0:
-            bwd_rows(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh)
+            bwd_rows(t, b0, b1, 0, h_seq.shape[2], truncate, acts, h_seq, c_seq, aux, lengths, dout,
+                     dh, dc, dgx, dgh)
 
-    def forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, ghT,
-                           transposed):
-        T, B = gx.shape[0], gx.shape[1]
-        GH, H = w_hh.shape
-        if _is_small(B, H, GH):
-            forward_small(gx, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh)
-            return
+    def forward_rows_part(b0, b1, gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out,
+                          transposed):
+        GH, n = w_hh.shape[0], b1 - b0
+        gh, ghT = np.empty((n, GH), gx.dtype), np.empty((GH, n), gx.dtype)
         matmul = np.matmul
-        for t in range(T):
+        for t in range(gx.shape[0]):
             if transposed:
-                matmul(w_hh, h_seq[t].T, out=ghT)
+                matmul(w_hh, h_seq[t, b0:b1].T, out=ghT)
             else:
-                matmul(h_seq[t], w_hh_t, out=gh)
-            forward_step(t, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out)
+                matmul(h_seq[t, b0:b1], w_hh_t, out=gh)
+            forward_step(t, b0, b1, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out)
 
-    def backward_recurrence(acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout, dh, dc,
-                            dgx, dgh, dh_rec, dh_recT):
-        T, B = dgx.shape[0], dgx.shape[1]
-        GH, H = w_hh.shape
-        if _is_small(B, GH, H):
-            backward_small(acts, h_seq, c_seq, aux, w_hh, lengths, truncate, dout, dh, dc, dgx,
-                           dgh, dh_rec)
-            return
+    def backward_rows_part(b0, b1, acts, h_seq, c_seq, aux, w_hh_t, lengths, truncate, dout, dh, dc,
+                           dgx, dgh):
+        T, H, n = dgx.shape[0], w_hh_t.shape[0], b1 - b0
+        dh_rec, dh_recT = np.empty((n, H), dgx.dtype), np.empty((H, n), dgx.dtype)
         matmul = np.matmul
         for t in range(T - 1, -1, -1):
-            backward_step(t, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
-                          dh_rec, dh_recT)
-            matmul(w_hh_t, dgh[t].T, out=dh_recT)    # dh_rec^T = W_hh^T dgh[t]^T
-        backward_step(-1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
+            backward_step(t, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx,
+                          dgh, dh_rec, dh_recT)
+            matmul(w_hh_t, dgh[t, b0:b1].T, out=dh_recT)    # dh_rec^T = W_hh^T dgh[t]^T
+        backward_step(-1, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
                       dh_rec, dh_recT)
 
-    return forward_recurrence, backward_recurrence
+    # ---- one part of a split recurrence (plan: a Plan, see below)
+    def forward_part(plan, part, gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out,
+                     transposed):
+        """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
+        if plan.kind == "units":
+            forward_small(part, plan.nparts, plan.step_flags, gx, w_hh, plan.w_packed, b_hh, lengths,
+                          h_seq, c_seq, aux, out)
+        else:
+            forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux,
+                              out, transposed)
+
+    def backward_part(plan, part, acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout,
+                      dh, dc, dgx, dgh):
+        """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
+        if plan.kind == "units":
+            backward_small(part, plan.nparts, plan.step_flags, acts, h_seq, c_seq, aux, w_hh, lengths,
+                           truncate, dout, dh, dc, dgx, dgh, plan.partial)
+        else:
+            backward_rows_part(*plan.rows(part), acts, h_seq, c_seq, aux, w_hh_t, lengths, truncate,
+                               dout, dh, dc, dgx, dgh)
+
+    return forward_part, backward_part
 
 
-def gemm(a, b, out):
+# Work below which splitting does not pay: 32 hidden units per part (the barrier costs about
+# as much as 32 units' product), 4 batch rows per part (a BLAS call per step per part), and
+# 2^23 multiply-adds in the whole loop (~0.4 ms on one core: handing parts to the pool and
+# back costs ~0.1 ms a call).
+MIN_UNITS_PER_PART, MIN_ROWS_PER_PART, MIN_SPLIT_MACS = 32, 4, 1 << 23
+
+
+def _flags(nparts):
+    return np.zeros(nparts * FLAG_STRIDE, np.int64)
+
+
+class Plan:
+    """How one layer-direction's recurrence is split over threads.
+
+    kind "units": B <= 8 (``is_small_step``), njit products, parts own hidden units and meet
+                  at a spin barrier every step (``step_flags``; ``partial`` for the backward).
+    kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop.
+    ``meet(part)`` is a barrier for the phases around the loop (a GEMM split by rows before
+    or after it). With nparts > 1, ``blas()`` limits BLAS to one thread per part (each part
+    calls BLAS itself), and BLAS worker threads are never woken: OpenBLAS's spin ~100 ms after
+    each threaded call, and one on a core a part needs costs the part its time slices."""
+
+    def __init__(self, T, B, H, GH, threads):
+        self.B, self.H, self.GH = B, H, GH
+        if T * B * GH * H < MIN_SPLIT_MACS:
+            threads = 1
+        if _is_small(B, H, GH):
+            self.kind, self.nparts = "units", max(1, min(threads, H // MIN_UNITS_PER_PART))
+        else:
+            self.kind, self.nparts = "rows", max(1, min(threads, B // MIN_ROWS_PER_PART))
+        self.step_flags = _flags(self.nparts)
+        self.phase_flags = _flags(self.nparts)
+        self._phase = [0] * self.nparts
+        self.partial = self.w_packed = None
+
+    def describe(self):
+        return (self.kind, self.nparts)
+
+    def rows(self, part):
+        return self.B * part // self.nparts, self.B * (part + 1) // self.nparts
+
+    def prepare_forward(self, dtype):
+        if self.kind == "units":     # each part's packed W_hh^T columns (forward_small)
+            chunk = _unit_range(0, self.nparts, self.H)[1]
+            self.w_packed = np.empty((self.nparts, self.H, self.GH // self.H * chunk), dtype)
+
+    def prepare_backward(self, dtype):
+        self.step_flags = _flags(self.nparts)
+        if self.kind == "units":
+            self.partial = np.empty((2, self.nparts, self.B, self.H), dtype)
+
+    def meet(self, part):
+        if self.nparts > 1:
+            self._phase[part] += 1
+            meet(self.phase_flags, part, self.nparts, self._phase[part])
+
+    def blas(self):
+        return single_threaded_blas() if self.nparts > 1 else contextlib.nullcontext()
+
+    def run(self, fn):
+        """fn(part) on every part at once (parts 1.. on pool threads), BLAS per self.blas()."""
+        with self.blas():
+            run_parts(fn, self.nparts)
+
+
+def gemm(a, b, out, part=0, nparts=1):
     """out = a @ b through NumPy's BLAS (np.matmul into ``out``), the one BLAS this backend
     uses: no njit code calls np.dot (which would go to SciPy's OpenBLAS, a second thread
-    pool that spins against NumPy's; kernels_docs/cpu.md, Threading).
+    pool that spins against NumPy's; kernels_docs/cpu.md, Threading). With nparts > 1 this
+    part's share: rows M*part//nparts .. M*(part+1)//nparts of out.
     a (M, K), b (K, N), out (M, N); C- or F-contiguous (a transposed view is fine)."""
-    np.matmul(a, b, out=out)
+    M = out.shape[0]
+    r0, r1 = M * part // nparts, M * (part + 1) // nparts
+    np.matmul(a[r0:r1], b, out=out[r0:r1])
 
 
 @stable_jit("copy")
@@ -360,7 +499,7 @@ def transpose(src, dst):
 
 @functools.lru_cache(maxsize=None)
 def recurrence_kernels(cell, dtype_name):
-    """(forward_recurrence, backward_recurrence) for one cell and dtype; compiled lazily
-    on first call and cached on disk by Numba."""
+    """(forward_part, backward_part) for one cell and dtype; compiled lazily on first call
+    and cached on disk by Numba."""
     key = f"{cell}:{dtype_name}"
     return _step_loops(key, *_cell_rows(key, cell, cell_math(dtype_name)))

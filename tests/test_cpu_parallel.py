@@ -1,0 +1,138 @@
+"""The CPU backend's recurrence split over threads (gpurnn/cpu/kernels.py Plan, sync.py,
+parallel.py) against the NumPy reference, and the spin barrier on its own.
+
+The split thresholds are lowered so that tiny odd shapes split too: H=37 over 3 parts gives
+units 0-15, 16-31 and a ragged 32-36; B=11 over 3 parts gives rows 0-2, 3-6, 7-10. Every
+buffer is NaN before the kernels run (poison=True), so a part that skips its share fails.
+"""
+import numba
+import numpy as np
+import pytest
+
+import gpurnn
+from gpurnn.cpu import CpuBackend
+from gpurnn.cpu import kernels
+from gpurnn.cpu.parallel import recurrence_threads, run_parts, single_threaded_blas
+from gpurnn.cpu.sync import FLAG_STRIDE, barrier
+
+CELLS = {"rnn_tanh": (gpurnn.RNN, {}), "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
+         "lstm": (gpurnn.LSTM, {}), "gru": (gpurnn.GRU, {})}
+T, I, H = 9, 5, 37
+TOLERANCE = {"float32": 2e-5, "float64": 1e-11}
+
+
+@pytest.fixture
+def split_small_shapes(monkeypatch):
+    monkeypatch.setattr(kernels, "MIN_UNITS_PER_PART", 1)
+    monkeypatch.setattr(kernels, "MIN_ROWS_PER_PART", 1)
+    monkeypatch.setattr(kernels, "MIN_SPLIT_MACS", 0)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+# (batch, threads, expected plan): units for B <= 8, rows above
+PLANS = [(1, 2, ("units", 2)), (3, 3, ("units", 3)), (11, 2, ("rows", 2)), (11, 3, ("rows", 3))]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("batch,threads,plan", PLANS)
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_split_matches_reference(cell, batch, threads, plan, dtype, rng, split_small_shapes):
+    cls, extra = CELLS[cell]
+    kw = dict(num_layers=2, bidirectional=True, dtype=dtype, seed=4, **extra)
+    ref = cls(I, H, backend="numpy", **kw)
+    backend = CpuBackend(poison=True, threads=threads)
+    cpu = cls(I, H, backend=backend, **kw)
+    cpu.load_state_dict(ref.state_dict())
+    lengths = rng.integers(1, T + 1, batch)
+    lengths[0] = T
+    x = rng.standard_normal((T, batch, I)).astype(dtype)
+    dout = rng.standard_normal((T, batch, 2 * H)).astype(dtype)
+    n_states = 2 if cell == "lstm" else 1
+    h0 = tuple(rng.standard_normal((4, batch, H)).astype(dtype) for _ in range(n_states))
+    h0 = h0 if n_states == 2 else h0[0]
+    results = []
+    for model in (cpu, ref):
+        out, state = model(x, h0, lengths=lengths)
+        dx, dstate = model.backward(dout, truncate=4)
+        results.append([out, dx, *np.atleast_1d(state if n_states == 1 else state),
+                        *(g.copy() for g in model.grads.values())])
+    assert backend.last_plan == {"forward": plan, "backward": plan}
+    for got, want in zip(*results):
+        assert rel_err(got, want) <= TOLERANCE[dtype]
+
+
+def test_target_shapes_split_by_default():
+    """Without lowered thresholds: the issue's B=1 LSTM splits its 256 units, B=32 its rows;
+    too few units, rows or steps do not split."""
+    for batch, kind in ((1, "units"), (32, "rows")):
+        assert kernels.Plan(100, batch, 256, 1024, threads=2).describe() == (kind, 2)
+    assert kernels.Plan(100, 8, 40, 160, threads=2).describe() == ("units", 1)    # units
+    assert kernels.Plan(900, 9, 40, 160, threads=2).describe() == ("rows", 2)
+    assert kernels.Plan(100, 9, 40, 160, threads=2).describe() == ("rows", 1)     # steps
+    assert kernels.Plan(100, 12, 256, 1024, threads=1).describe() == ("rows", 1)  # threads
+
+
+@numba.njit(nogil=True)
+def _exchange(part, nparts, flags, slots, steps, errors):
+    """Each step every part writes its slot, meets the others, checks theirs, meets again."""
+    for step in range(1, steps + 1):
+        slots[part * FLAG_STRIDE] = step
+        barrier(flags, part, nparts, 2 * step - 1)
+        for other in range(nparts):
+            if slots[other * FLAG_STRIDE] != step:
+                errors[part] += 1
+        barrier(flags, part, nparts, 2 * step)
+
+
+@pytest.mark.parametrize("nparts", [2, 3])
+def test_barrier_orders_every_step(nparts):
+    flags = np.zeros(nparts * FLAG_STRIDE, np.int64)
+    slots = np.zeros(nparts * FLAG_STRIDE, np.int64)
+    errors = np.zeros(nparts, np.int64)
+    steps = 20000 if nparts <= recurrence_threads() else 500   # 3 parts on 2 cores: yields
+    run_parts(lambda p: _exchange(p, nparts, flags, slots, steps, errors), nparts)
+    assert errors.tolist() == [0] * nparts
+    assert flags[::FLAG_STRIDE].tolist() == [2 * steps] * nparts
+
+
+def test_run_parts_returns_in_order_and_raises():
+    assert run_parts(lambda p: p * p, 3) == [0, 1, 4]
+
+    def fails(p):
+        if p == 1:
+            raise RuntimeError("part 1 failed")
+        return p
+    with pytest.raises(RuntimeError, match="part 1 failed"):
+        run_parts(fails, 2)
+
+
+def test_blas_limit_is_restored():
+    from threadpoolctl import threadpool_info
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    with single_threaded_blas():
+        assert all(lib["num_threads"] == 1 for lib in threadpool_info() if lib["user_api"] == "blas")
+    assert [lib["num_threads"] for lib in threadpool_info()] == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_threads_argument_is_checked(bad):
+    with pytest.raises(ValueError, match="threads"):
+        CpuBackend(threads=bad)
+
+
+def test_default_threads_follow_numba(split_small_shapes):
+    """backend="cpu" with no ``threads`` uses numba.get_num_threads() (capped at the cores)."""
+    saved = numba.get_num_threads()
+    model = gpurnn.LSTM(8, 64, backend="cpu")
+    try:
+        for n in sorted({1, min(2, saved)}):
+            numba.set_num_threads(n)
+            assert recurrence_threads() == n
+            model(np.zeros((3, 1, 8), np.float32))
+            assert model.backend_impl.last_plan["forward"] == ("units", n)
+    finally:
+        numba.set_num_threads(saved)
