@@ -6,15 +6,17 @@
 Grid: forward+backward (float32) of one layer through the public API (gpurnn.LSTM/GRU/RNN vs
 torch.nn.LSTM/GRU/RNN with the same weights), for the configs in CONFIGS. Peers in the same
 run: torch (the baseline every ratio divides by) and the NumPy reference (small configs
-only: it is slow). Each repeat runs every backend once untimed, then once timed, backends
-interleaved, so machine load (shared cores) hits all of them alike; JIT compilation is
-excluded by a warm-up. ``--threads N`` runs everything in a child process with N BLAS/OpenMP
-threads (OPENBLAS_NUM_THREADS/OMP_NUM_THREADS must be set before the libraries load) and
-torch.set_num_threads(N); several values (--threads 1,2) give several blocks of rows.
+only: it is slow). Each repeat runs every backend untimed for at least SETTLE_S (0.2 s),
+then once timed, backends interleaved, so machine load (shared cores) hits all of them alike
+and none shares the cores with the previous one's spinning idle threads; JIT compilation is
+excluded by a warm-up. ``--threads N`` runs everything in
+a child process with N BLAS/OpenMP/Numba threads (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
+NUMBA_NUM_THREADS must be set before the libraries load) and torch.set_num_threads(N);
+several values (--threads 1,2) give several blocks of rows.
 
 Writes under --out (default benchmarks/out/, gitignored): cpu.csv (config, backend, median,
-p20, p80 in ms, ratio to torch, tape bytes), cpu.md (the same as a Markdown table, plus the
-profile of the largest config) and cpu.png (ratios to torch, one bar per config and backend).
+p20, p80 in ms, ratio to torch, tape bytes, how backend="cpu" split the layer over the
+threads), cpu.md (the same as a Markdown table, plus the profile of the largest config) and cpu.png (ratios to torch, one bar per config and backend).
 """
 import argparse
 import csv
@@ -37,6 +39,13 @@ CONFIGS = [(cell, *shape) for cell in ("lstm", "gru", "rnn_tanh")
            for shape in ((100, 1, 128, 256), (100, 32, 128, 256), (100, 64, 512, 512))]
 QUICK_CONFIGS = [("lstm", 20, 1, 32, 64), ("gru", 20, 8, 32, 64), ("rnn_tanh", 20, 8, 32, 64)]
 NUMPY_MAX_WORK = 100 * 32 * 256 * 1024   # T*B*H*G*H above which the reference is skipped
+# Untimed runs of each backend before its timed one, for at least this long. OpenBLAS's
+# worker threads spin for ~100 ms after every threaded call (2^28 cycles,
+# OPENBLAS_THREAD_TIMEOUT; the numpy reference wakes them) and torch's OpenMP workers
+# briefly: the backend measured next must not share its cores with them. A pause instead
+# would not do: on this VM a core left idle for 150 ms runs the next ~50 ms of a 2-thread
+# split 2x slower (measured), so each backend gets that long to warm up, alike.
+SETTLE_S = 0.2
 TORCH_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
 
@@ -115,7 +124,10 @@ def measure(cfg, repeats, with_numpy):
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
-            run()                         # untimed: lets the previous backend's threads settle
+            warm_until = time.perf_counter() + SETTLE_S
+            run()                         # untimed, for at least SETTLE_S: the previous
+            while time.perf_counter() < warm_until:   # backend's idle threads stop spinning,
+                run()                     # this one's are awake and on their cores
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
