@@ -189,7 +189,7 @@ def profile(cfg, repeats):
     phases = {
         "forward: input GEMM gx = X W_ih^T": split(lambda plan, p: gemm(x2, w_ih.T, gx2, p, plan.nparts)),
         "forward: recurrence (products + fused cell)": split(lambda plan, p: forward_part(
-            plan, p, gx, w_hh, w_hh_t, b, tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out,
+            plan, p, gx, w_hh, w_hh_t, np.zeros((2, G * H), f32), tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out,
             TRANSPOSED_FWD)),
         "  of which the per-step BLAS products (B > 8)": split(products_only),
         "backward: recurrence (fused cell + products)": split(lambda plan, p: backward_part(

@@ -1,23 +1,22 @@
-"""The "cpu" backend: Numba JIT recurrence kernels between big BLAS GEMMs.
+"""The "cpu" backend: Numba JIT recurrence kernels between big BLAS GEMMs, split over threads.
 
 Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_hh (G*H, H)):
 
-  forward   gx  = X W_ih^T + b_ih                      one GEMM over all T*B rows (kernels.gemm, NumPy)
-            forward_recurrence(gx, ...)                 per step h @ W_hh^T (NumPy) + njit fused cell
-  backward  backward_recurrence(...)                    reverse steps, njit fused cell + dgh W_hh (NumPy)
-            dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev, db = column sums   (GEMMs)
+  forward   gx  = X W_ih^T                      GEMM over all T*B rows (kernels.gemm, NumPy's BLAS)
+            forward_part(...)                    per step h @ W_hh^T + njit fused cell (+ b_ih + b_hh)
+  backward  backward_part(...)                   reverse steps, njit fused cell + dgh W_hh
+            dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
 
 The tape keeps the gate activations (in the gx buffer, overwritten in place), the state
 sequences h_seq/c_seq (T+1, B, H) and, for GRU, ah_n (T, B, H); ``tape_nbytes`` sums them.
 
-Threading: one BLAS thread pool, NumPy's. Every GEMM (kernels.gemm = np.matmul into the
-output) and, for B > 8, every per-step recurrent product (np.matmul from a Python time loop,
-one njit call of the fused pass per step) goes through NumPy's OpenBLAS, the same pool the
-rest of the process (output layer, optimizer, user code) uses. No njit code calls np.dot,
-which would use SciPy's bundled OpenBLAS: two pools of busy-waiting workers on the same
-cores cost the training step 2.3x at 2 threads (106 vs 46 ms, RESULTS_cpu.md Tuning log 8).
-B <= 8 runs the whole recurrence in one njit call with a one-thread product, no BLAS. No
-Numba parallel regions (the fused pass is SIMD-vectorised and small next to the matmuls).
+Threading (kernels_docs/cpu.md): ``threads`` (default: numba.get_num_threads(), at most the
+cores this process may use) parts, one per thread, each running its share of the GEMMs and
+of the recurrence (kernels.Plan: hidden units for B <= 8, batch rows above), with BLAS held
+to one thread per part while they run, so no BLAS worker threads are woken. One BLAS
+library, NumPy's: no njit code calls np.dot, which would use SciPy's bundled OpenBLAS (two
+pools of busy-waiting workers on the same cores cost the training step 2.3x at 2 threads,
+106 vs 46 ms, RESULTS_cpu.md Tuning log 8). ``last_plan`` says how the last call split.
 """
 import numpy as np
 
@@ -26,7 +25,7 @@ from ..cells import cell_spec
 
 
 # The forward's per-step BLAS product in the transposed orientation (ghT = W_hh @ h^T,
-# kernels.forward_recurrence): measured faster in place for LSTM B=32 H=256 and B=64 H=512 once the
+# kernels.forward_step, batch rows split): measured faster in place for LSTM B=32 H=256 and B=64 H=512 once the
 # copies were tiled (Tuning log, benchmarks/RESULTS_cpu.md). False = h @ W_hh^T directly
 # (kept selectable for comparisons; the tests run both).
 TRANSPOSED_FWD = True
@@ -34,7 +33,10 @@ TRANSPOSED_FWD = True
 
 class CpuBackend:
     """Numba CPU backend. ``poison=True`` fills every buffer the kernels must write with NaN
-    before they run (tests use it so that an element left unwritten cannot pass)."""
+    before they run (tests use it so that an element left unwritten cannot pass).
+    ``threads``: how many threads one layer call may use (None: numba.get_num_threads(),
+    capped at the cores this process may run on; set NUMBA_NUM_THREADS or call
+    numba.set_num_threads to change it for every layer)."""
     name = "cpu"
     xp = np
     dtypes = ("float32", "float64")
@@ -89,7 +91,10 @@ class CpuBackend:
         plan = Plan(T, B, H, GH, self._threads())
 
         gx = self._empty((T, B, GH), dtype)
-        b_hh_or_zero = np.zeros(GH, dtype) if b_hh is None else np.ascontiguousarray(b_hh)
+        bias = np.zeros((2, GH), dtype)            # b_ih, b_hh: added in the fused cell pass
+        for row, vector in enumerate((b_ih, b_hh)):
+            if vector is not None:
+                bias[row] = vector
         h_seq = self._empty((T + 1, B, H), dtype)
         h_seq[0] = 0 if h0 is None else h0
         c_seq = self._empty((T + 1, B, H if spec.has_cell_state else 0), dtype)
@@ -105,12 +110,9 @@ class CpuBackend:
         x2, gx2 = x.reshape(T * B, I), gx.reshape(T * B, GH)
 
         def part(p):
-            gemm(x2, w_ih.T, gx2, p, plan.nparts)              # gx = X W_ih^T + b_ih, by rows
-            if b_ih is not None:
-                own = gx2[T * B * p // plan.nparts:T * B * (p + 1) // plan.nparts]
-                own += b_ih
+            gemm(x2, w_ih.T, gx2, p, plan.nparts)              # gx = X W_ih^T, by rows
             plan.meet(p)
-            forward_part(plan, p, gx, w_hh, w_hh_t, b_hh_or_zero, steps, h_seq, c_seq, aux, out,
+            forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, h_seq, c_seq, aux, out,
                          TRANSPOSED_FWD)
         plan.run(part)
         self.last_plan = {"forward": plan.describe()}
@@ -157,9 +159,12 @@ class CpuBackend:
         plan.run(part)
         self.last_plan = dict(self.last_plan or {}, backward=plan.describe())
         has_b_ih, has_b_hh = tape["has_bias"]
+        db_ih = dgx2.sum(0) if has_b_ih else None
+        db_hh = None
+        if has_b_hh:    # LSTM/RNN: dgh is dgx, whose column sums db_ih already holds
+            db_hh = db_ih.copy() if dgh is dgx and db_ih is not None else dgh2.sum(0)
         return DirectionGrads(dx=dx, dh0=dh, dc0=dc if has_c else None, dw_ih=dw_ih, dw_hh=dw_hh,
-                              db_ih=dgx2.sum(0) if has_b_ih else None,
-                              db_hh=dgh2.sum(0) if has_b_hh else None)
+                              db_ih=db_ih, db_hh=db_hh)
 
 
 def tape_nbytes(tape):

@@ -1,58 +1,58 @@
-"""Fused recurrence kernels for the CPU backend: one layer, one direction, Numba JIT.
+"""Fused recurrence kernels for the CPU backend: one layer, one direction, Numba JIT,
+split over threads.
 
 What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LSTM, 3 GRU):
 
-  forward_recurrence(gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out, gh, ghT,
-                     transposed)
-      for t in 0..T-1:  gh = h_{t-1} @ W_hh^T            (NumPy's BLAS, or a one-thread
-                                                          loop for B <= 8; reused buffer)
-                        per row b < lengths: cell pointwise forward of gx[t] + gh + b_hh,
-                        fused in one pass per hidden unit; past a row's length the state
-                        is carried unchanged and out is 0.
-  backward_recurrence(acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout, dh, dc,
-                      dgx, dgh, dh_rec, dh_recT)
+  forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux, out, transposed)
+      for t in 0..T-1:  gh = h_{t-1} @ W_hh^T            (this part's share of it)
+                        per row b < lengths: cell pointwise forward of
+                        gx[t] + b_ih + gh + b_hh, fused in one pass per hidden unit; past a
+                        row's length the state is carried unchanged and out is 0.
+  backward_part(plan, part, acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout,
+                dh, dc, dgx, dgh)
       for t in T-1..0:  cut dh/dc where t+1 is a multiple of ``truncate`` (reference rule),
                         per row b < lengths: cell pointwise backward, writing dgates,
-                        then dh_{t-1} = dgh[t] @ W_hh (BLAS) + the cell's direct term.
+                        then dh_{t-1} = dgh[t] @ W_hh + the cell's direct term.
 
-Both are Python functions that pick one of two paths:
-  * small per-step products (B <= 8, _is_small): the whole loop is one njit call
-    (forward_small / backward_small) with the products done by _small_matmul; no BLAS.
-  * otherwise: the time loop is Python; per step one ``np.matmul(..., out=buffer)`` (NumPy's
-    OpenBLAS) and one njit call of the fused pass for that step (forward_step /
-    backward_step). About 5 us of call overhead per step (njit dispatch ~4 us, measured)
-    against ~100+ us of work per step at B >= 32.
+A ``Plan`` (per layer call) says how the loop splits over ``nparts`` threads; every part
+runs its own function call, all at once (Plan.run, parallel.run_parts):
+  * "units", small per-step products (B <= 8, _is_small): part p owns a block of hidden
+    units, the whole loop is one njit call per part (forward_small / backward_small) with
+    the products done by _accumulate_product on this part's 1/nparts of W_hh (which then
+    stays in its core's L2), no BLAS; the parts meet at a spin barrier (sync.py) once per
+    step, since every unit of step t+1 needs all of h_t.
+  * "rows", otherwise: part p owns a block of batch rows; its time loop is Python, per step
+    one ``np.matmul(..., out=buffer)`` (NumPy's OpenBLAS, one thread per part) and one njit
+    call of the fused pass (forward_step / backward_step). About 5 us of call overhead per
+    step (njit dispatch ~4 us, measured) against ~100+ us of work per step at B >= 32. Rows
+    are independent, so these parts never meet inside the loop.
 No njit code here calls np.dot: inside njit that goes to SciPy's OpenBLAS, a second
 OpenBLAS thread pool whose busy-waiting workers fight NumPy's for the cores (training
 step 106 -> 46 ms at 2 threads once removed; kernels_docs/cpu.md, Threading).
 
-The input projection (gx = X W_ih^T + b_ih) and the weight gradients are big GEMMs done by
-the caller (gpurnn.cpu.backend, through ``gemm`` = np.matmul); only the sequential part
-lives here.
+The input projection (gx = X W_ih^T) and the weight gradients are big GEMMs, split by rows
+over the same parts (``gemm(..., part, nparts)``) by the caller, gpurnn.cpu.backend; only
+the sequential part lives in the functions above.
 
 Versions: one kernel set per (cell, dtype), built by ``recurrence_kernels`` from the
 scalar cell math of gpurnn.cells (written once, shared with the CUDA backend); float32 uses
-the vectorisable exp/tanh of gpurnn.cpu.fastmath, float64 uses libm. Serial over batch
-rows: the matmuls (over 90% of the time at B=64, H=512) are BLAS-threaded and the fused
-pass is SIMD-vectorised along H, so rows are not split over Numba threads, which would only
-add a second thread pool next to OpenBLAS's (kernels_docs/cpu.md).
+the vectorisable exp/tanh of gpurnn.cpu.fastmath, float64 uses libm.
 
-Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted):
-    gx       (T, B, G*H)  in: X W_ih^T + b_ih;  out: gate activations (LSTM i,f,g,o;
-                          GRU r,z,n), kept as the tape. RNN: left as is.
+Tensor arguments (C-contiguous, dtype = the layer's float dtype unless noted):
+    gx       (T, B, G*H)  in: X W_ih^T;  out: gate activations (LSTM i,f,g,o; GRU r,z,n),
+                          kept as the tape. RNN: left as is.
     w_hh     (G*H, H)     W_hh (torch's weight_hh)
-    w_hh_t   (H, G*H)     W_hh transposed (contiguous); the per-step BLAS products use
-                          the orientation that measured faster: forward ghT = W_hh @ h^T,
-                          backward dh_recT = W_hh^T @ dgh[t]^T, each copied back to (B, .)
-                          by _transpose_into inside the step's njit call
-    b_hh     (G*H,)       recurrent bias (zeros without bias)
+    w_hh_t   (H, G*H)     W_hh transposed, for "rows" (None for "units", whose parts pack
+                          their own share); the per-step BLAS products use the orientation
+                          that measured faster: forward ghT = W_hh @ h^T, backward
+                          dh_recT = W_hh^T @ dgh[t]^T, each copied back to (rows, .) by
+                          _transpose_into inside the step's njit call
+    bias     (2, G*H)     b_ih, b_hh (zeros where the layer has none), added in the fused pass
     lengths  (B,) int64   valid steps per row, 1..T
     h_seq    (T+1, B, H)  h_seq[0] = h0 (in); h_seq[t+1] = state after step t (out)
     c_seq    (T+1, B, H)  LSTM cell state, same layout; (T+1, B, 0) for other cells
     aux      (T, B, H)    GRU: ah_n = (W_hh h_{t-1} + b_hh)_n; (T, B, 0) for other cells
     out      (T, B, H)    output h_t, 0 past a row's length
-    gh       (B, G*H)     scratch: the recurrent matmul of one step
-    ghT      (G*H, B)     scratch for the transposed forward product
     transposed bool       forward BLAS product as ghT = W_hh @ h^T (else gh = h @ W_hh^T)
     acts     = gx after the forward
     truncate int          0 = full BPTT, else k >= 1
@@ -62,10 +62,10 @@ Tensor arguments (all C-contiguous, dtype = the layer's float dtype unless noted
     dgx      (T, B, G*H)  out: gradient w.r.t. the input-side pre-activations (0 past length)
     dgh      (T, B, G*H)  out: w.r.t. the recurrent-side ones; the same array as dgx except
                           for GRU (whose candidate gate scales its recurrent part by r)
-    dh_rec   (B, H)       scratch: dgh[t] @ W_hh
-    dh_recT  (H, B)       scratch: its transpose, as BLAS writes it
+Scratch (per-step products, packed weights, the backward's dh shares) is allocated by the
+parts or the Plan, 64-byte aligned (aligned_empty).
 
-Run/test:  python -m pytest tests/test_cpu_backend.py -q
+Run/test:  python -m pytest tests/test_cpu_backend.py tests/test_cpu_parallel.py -q
 """
 import contextlib
 import functools
@@ -93,7 +93,7 @@ def cell_math(dtype_name):
 # --------------------------------------------------------------------------- row kernels
 # One (step, batch row) of a cell, hidden units u0..u1-1: a single fused pass. All cells
 # share two signatures so that the step loops below are written once:
-#   forward  (gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1)                 rows of the forward's arrays
+#   forward  (gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1)                 rows of the forward's arrays
 #            (gh holds just these units' G gate blocks, each u1-u0 long: the product of one part)
 #   backward (dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1) rows of the backward's
 # The backward row leaves in dh the part of dh_{t-1} that bypasses W_hh, and in dc dc_{t-1}.
@@ -113,10 +113,10 @@ def _gate_views4(a, H, u0, u1):
 
 def _rnn_rows(key, act_fwd, act_bwd):
     @stable_jit(key)
-    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1):
-        x, r, b, h_ = gx[u0:u1], gh[:u1 - u0], b_hh[u0:u1], h[u0:u1]
+    def forward_row(gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1):
+        x, r, bx, bh, h_ = gx[u0:u1], gh[:u1 - u0], bias[0, u0:u1], bias[1, u0:u1], h[u0:u1]
         for j in range(u1 - u0):
-            h_[j] = act_fwd(x[j] + r[j] + b[j])
+            h_[j] = act_fwd(x[j] + bx[j] + r[j] + bh[j])
 
     @stable_jit(key)
     def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
@@ -132,15 +132,18 @@ def _lstm_rows(key, cm):
     lstm_fwd, lstm_bwd = cm.lstm_fwd, cm.lstm_bwd
 
     @stable_jit(key)
-    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1):
+    def forward_row(gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1):
         H = h.shape[0]
         xi, xf, xg, xo = _gate_views4(gx, H, u0, u1)   # in: x-side pre-activations; out: i, f, g, o
         hi, hf, hg, ho = _gate_views4(gh, u1 - u0, 0, u1 - u0)
-        bi, bf, bg, bo = _gate_views4(b_hh, H, u0, u1)
+        bxi, bxf, bxg, bxo = _gate_views4(bias[0], H, u0, u1)
+        bhi, bhf, bhg, bho = _gate_views4(bias[1], H, u0, u1)
         cp, c_, h_ = c_prev[u0:u1], c[u0:u1], h[u0:u1]
         for j in range(u1 - u0):
-            i, f, g, o, c_[j], h_[j] = lstm_fwd(xi[j] + hi[j] + bi[j], xf[j] + hf[j] + bf[j],
-                                                xg[j] + hg[j] + bg[j], xo[j] + ho[j] + bo[j], cp[j])
+            i, f, g, o, c_[j], h_[j] = lstm_fwd(xi[j] + bxi[j] + hi[j] + bhi[j],
+                                                xf[j] + bxf[j] + hf[j] + bhf[j],
+                                                xg[j] + bxg[j] + hg[j] + bhg[j],
+                                                xo[j] + bxo[j] + ho[j] + bho[j], cp[j])
             xi[j], xf[j], xg[j], xo[j] = i, f, g, o
 
     @stable_jit(key)
@@ -161,15 +164,17 @@ def _gru_rows(key, cm):
     gru_fwd, gru_bwd = cm.gru_fwd, cm.gru_bwd
 
     @stable_jit(key)
-    def forward_row(gx, gh, b_hh, h_prev, c_prev, h, c, aux, u0, u1):
+    def forward_row(gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1):
         H = h.shape[0]
         xr, xz, xn = _gate_views3(gx, H, u0, u1)      # in: x-side pre-activations; out: r, z, n
         hr, hz, hn = _gate_views3(gh, u1 - u0, 0, u1 - u0)
-        br, bz, bn = _gate_views3(b_hh, H, u0, u1)
+        bxr, bxz, bxn = _gate_views3(bias[0], H, u0, u1)
+        bhr, bhz, bhn = _gate_views3(bias[1], H, u0, u1)
         hp, h_, ahn = h_prev[u0:u1], h[u0:u1], aux[u0:u1]
         for j in range(u1 - u0):
-            ahn[j] = hn[j] + bn[j]                    # ah_n, kept for the backward
-            r, z, n, h_[j] = gru_fwd(xr[j] + hr[j] + br[j], xz[j] + hz[j] + bz[j], xn[j], ahn[j], hp[j])
+            ahn[j] = hn[j] + bhn[j]                   # ah_n, kept for the backward
+            r, z, n, h_[j] = gru_fwd(xr[j] + bxr[j] + hr[j] + bhr[j], xz[j] + bxz[j] + hz[j] + bhz[j],
+                                     xn[j] + bxn[j], ahn[j], hp[j])
             xr[j], xz[j], xn[j] = r, z, n
 
     @stable_jit(key)
@@ -260,11 +265,11 @@ def _transpose_into(src, dst):
 # --------------------------------------------------------------------------- step loops
 def _step_loops(key, forward_row, backward_row):
     @stable_jit(key, inline="always")
-    def fwd_rows(t, b0, b1, u0, u1, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out):
+    def fwd_rows(t, b0, b1, u0, u1, gx, gh, bias, lengths, h_seq, c_seq, aux, out):
         """Step t, rows b0..b1-1 (their products in gh[b - b0]), units u0..u1-1."""
         for b in range(b0, b1):
             if t < lengths[b]:
-                forward_row(gx[t, b], gh[b - b0], b_hh, h_seq[t, b], c_seq[t, b],
+                forward_row(gx[t, b], gh[b - b0], bias, h_seq[t, b], c_seq[t, b],
                             h_seq[t + 1, b], c_seq[t + 1, b], aux[t, b], u0, u1)
                 out[t, b, u0:u1] = h_seq[t + 1, b, u0:u1]
             else:   # past this row's length: carry the state, output zeros
@@ -295,7 +300,7 @@ def _step_loops(key, forward_row, backward_row):
     # ---- small products (B <= 8): the whole loop in one njit call per part; the parts
     # split the hidden units, meeting at a spin barrier once per step
     @stable_jit(key, nogil=True)
-    def forward_small(part, nparts, flags, gx, w_hh, w_packed, b_hh, lengths, h_seq, c_seq, aux,
+    def forward_small(part, nparts, flags, gx, w_hh, w_packed, bias, lengths, h_seq, c_seq, aux,
                       out):
         """Part ``part`` of ``nparts``: packs the W_hh^T columns of its units' G gates into
         w_packed[part] (1/nparts of W_hh, which then stays in this core's L2 cache), then per
@@ -316,7 +321,7 @@ def _step_loops(key, forward_row, backward_row):
             for b in range(B):
                 gh[b, :] = 0
                 _accumulate_product(h_seq[t, b], w, 0, gh[b])
-            fwd_rows(t, 0, B, u0, u1, gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+            fwd_rows(t, 0, B, u0, u1, gx, gh, bias, lengths, h_seq, c_seq, aux, out)
             barrier(flags, part, nparts, t + 1)
 
     @stable_jit(key, nogil=True)
@@ -352,11 +357,11 @@ def _step_loops(key, forward_row, backward_row):
     # ---- BLAS products (B > 8): a Python time loop per part, one BLAS call and one njit
     # call per step; the parts split the batch rows and never meet
     @stable_jit(key, nogil=True)
-    def forward_step(t, b0, b1, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out):
+    def forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, h_seq, c_seq, aux, out):
         """One forward step of rows b0..b1-1 after BLAS wrote their product (ghT, or gh)."""
         if transposed:
             _transpose_into(ghT, gh)
-        fwd_rows(t, b0, b1, 0, h_seq.shape[2], gx, gh, b_hh, lengths, h_seq, c_seq, aux, out)
+        fwd_rows(t, b0, b1, 0, h_seq.shape[2], gx, gh, bias, lengths, h_seq, c_seq, aux, out)
 
     @stable_jit(key, nogil=True)
     def backward_step(t, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
@@ -372,7 +377,7 @@ def _step_loops(key, forward_row, backward_row):
             bwd_rows(t, b0, b1, 0, h_seq.shape[2], truncate, acts, h_seq, c_seq, aux, lengths, dout,
                      dh, dc, dgx, dgh)
 
-    def forward_rows_part(b0, b1, gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out,
+    def forward_rows_part(b0, b1, gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux, out,
                           transposed):
         GH, n = w_hh.shape[0], b1 - b0
         gh, ghT = np.empty((n, GH), gx.dtype), np.empty((GH, n), gx.dtype)
@@ -382,7 +387,7 @@ def _step_loops(key, forward_row, backward_row):
                 matmul(w_hh, h_seq[t, b0:b1].T, out=ghT)
             else:
                 matmul(h_seq[t, b0:b1], w_hh_t, out=gh)
-            forward_step(t, b0, b1, gx, gh, ghT, transposed, b_hh, lengths, h_seq, c_seq, aux, out)
+            forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, h_seq, c_seq, aux, out)
 
     def backward_rows_part(b0, b1, acts, h_seq, c_seq, aux, w_hh_t, lengths, truncate, dout, dh, dc,
                            dgx, dgh):
@@ -397,14 +402,14 @@ def _step_loops(key, forward_row, backward_row):
                       dh_rec, dh_recT)
 
     # ---- one part of a split recurrence (plan: a Plan, see below)
-    def forward_part(plan, part, gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux, out,
+    def forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux, out,
                      transposed):
         """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
         if plan.kind == "units":
-            forward_small(part, plan.nparts, plan.step_flags, gx, w_hh, plan.w_packed, b_hh, lengths,
+            forward_small(part, plan.nparts, plan.step_flags, gx, w_hh, plan.w_packed, bias, lengths,
                           h_seq, c_seq, aux, out)
         else:
-            forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, b_hh, lengths, h_seq, c_seq, aux,
+            forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux,
                               out, transposed)
 
     def backward_part(plan, part, acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout,
