@@ -14,6 +14,7 @@ The B streams are B contiguous slices of the training text, so window w of a str
 continues window w-1 and the carried state is the right context. Every step's data is a
 function of the step number alone, which makes a resumed run repeat the uninterrupted one.
 """
+import contextlib
 import hashlib
 import time
 from dataclasses import asdict, dataclass, fields
@@ -71,8 +72,17 @@ class CharLM:
         self.vocab_size = vocab_size
         self.rnn = make_rnn(cell, vocab_size, hidden, layers, backend, dtype, seed)
         self._backend = get_backend(backend)
+        matmul, self._blas_scope = None, contextlib.nullcontext
+        if self._backend.name == "cpu":
+            # The CPU layers split themselves over the cores with one-thread BLAS; so do the
+            # head's products, and the step keeps BLAS at one thread throughout: a threaded
+            # BLAS call leaves OpenBLAS's workers spinning ~100 ms on the cores the layers
+            # need (training step 83 vs 46 ms at 2 threads, benchmarks/RESULTS_train.md).
+            from .cpu.kernels import split_matmul
+            from .cpu.parallel import single_threaded_blas
+            matmul, self._blas_scope = split_matmul, single_threaded_blas
         self.head = OutputLayer(hidden, vocab_size, dtype, seed=None if seed is None else seed + 1,
-                                xp=self._backend.xp)
+                                xp=self._backend.xp, matmul=matmul)
         self.dtype = np.dtype(dtype)
 
     @property
@@ -109,9 +119,10 @@ class CharLM:
     def train_window(self, x_ids, y_ids, state):
         """Forward + backward on one (k, B) window. Returns (mean loss in nats, new state);
         gradients accumulate in grads()."""
-        out, state = self.rnn(self.inputs(x_ids), state)
-        loss, dout = self.head.loss_and_backward(out, y_ids)
-        self.rnn.backward(dout)          # no dh_n: the carried state's gradient stops here
+        with self._blas_scope():
+            out, state = self.rnn(self.inputs(x_ids), state)
+            loss, dout = self.head.loss_and_backward(out, y_ids)
+            self.rnn.backward(dout)      # no dh_n: the carried state's gradient stops here
         return loss, state
 
     def nll(self, ids, window, batch):

@@ -74,14 +74,17 @@ class OutputLayer:
 
     ``weight`` is (H, V) as in the lecture note's O = H W^(2) + b^(2) (not torch's (V, H)).
     Like the recurrent layers, ``parameters()`` are live arrays updated in place and
-    ``grads`` accumulate over ``loss_and_backward`` calls until ``zero_grad``.
+    ``grads`` accumulate over ``loss_and_backward`` calls until ``zero_grad``. ``matmul``
+    (default ``xp.matmul``) computes its three products; CharLM passes the CPU backend's
+    ``split_matmul`` so that they share the cores the way the layers do.
     """
 
-    def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, xp=np):
+    def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, xp=np, matmul=None):
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
         self.dtype = np.dtype(dtype)
         self.xp = xp
+        self._matmul = xp.matmul if matmul is None else matmul   # (M, K) @ (K, N) -> new array
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(hidden_size)
         self._params = {
@@ -100,7 +103,9 @@ class OutputLayer:
 
     def logits(self, h):
         """O = H W + b for H of shape (..., hidden_size)."""
-        return h @ self._params["weight"] + self._params["bias"]
+        lead = h.shape[:-1]
+        o = self._matmul(h.reshape(-1, self.hidden_size), self._params["weight"])
+        return (o + self._params["bias"]).reshape(*lead, self.vocab_size)
 
     def loss_and_backward(self, h, targets, reduction="mean"):
         """Cross-entropy of the next-symbol prediction from ``h`` (..., H) against integer
@@ -109,9 +114,9 @@ class OutputLayer:
         h2 = h.reshape(-1, self.hidden_size)
         loss, dlogits = cross_entropy(self.logits(h2), self.xp.asarray(targets).reshape(-1), reduction)
         dlogits = dlogits.astype(self.dtype, copy=False)
-        self.grads["weight"] += h2.T @ dlogits
+        self.grads["weight"] += self._matmul(h2.T, dlogits)
         self.grads["bias"] += dlogits.sum(axis=0)
-        dh = dlogits @ self._params["weight"].T
+        dh = self._matmul(dlogits, self._params["weight"].T)
         return loss, dh.reshape(*lead, self.hidden_size)
 
     def nll(self, h, targets):

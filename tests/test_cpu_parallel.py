@@ -136,3 +136,29 @@ def test_default_threads_follow_numba(split_small_shapes):
             assert model.backend_impl.last_plan["forward"] == ("units", n)
     finally:
         numba.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_split_matmul_matches_numpy(threads, rng):
+    from gpurnn.cpu.kernels import split_matmul
+    a, b = rng.standard_normal((301, 37)), rng.standard_normal((37, 29))
+    np.testing.assert_allclose(split_matmul(a, b, threads), a @ b, rtol=1e-12, atol=1e-12)
+    at = np.asfortranarray(a)                      # a transposed view, as the head passes
+    np.testing.assert_allclose(split_matmul(at.T.T, b, threads), a @ b, rtol=1e-12, atol=1e-12)
+
+
+def test_output_layer_with_split_matmul(rng):
+    """The char LM's head on backend="cpu" computes its products with split_matmul."""
+    from gpurnn.charlm import CharLM
+    from gpurnn.cpu.kernels import split_matmul
+    from gpurnn.losses import OutputLayer
+    h = rng.standard_normal((7, 40, 33))
+    targets = rng.integers(0, 11, (7, 40))
+    plain = OutputLayer(33, 11, "float64", seed=2)
+    split = OutputLayer(33, 11, "float64", seed=2, matmul=lambda a, b: split_matmul(a, b, 2))
+    loss_a, dh_a = plain.loss_and_backward(h, targets)
+    loss_b, dh_b = split.loss_and_backward(h, targets)
+    assert loss_a == pytest.approx(loss_b, rel=1e-12)
+    np.testing.assert_allclose(dh_b, dh_a, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(split.grads["weight"], plain.grads["weight"], rtol=1e-12, atol=1e-14)
+    assert CharLM(11, hidden=8, backend="cpu").head._matmul is split_matmul

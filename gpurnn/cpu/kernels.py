@@ -75,7 +75,7 @@ import numpy as np
 from ..cells import make_cell_math
 from . import fastmath
 from .jit import stable_jit
-from .parallel import run_parts, single_threaded_blas
+from .parallel import recurrence_threads, run_parts, single_threaded_blas
 from .sync import FLAG_STRIDE, barrier, meet
 
 
@@ -246,18 +246,16 @@ def _unit_range(part, nparts, H):
 
 @stable_jit("small", inline="always")
 def _transpose_into(src, dst):
-    """dst = src.T for src (N, M), dst (M, N): 8 source rows per pass, so each row of dst
-    gets 8 consecutive stores (1.3-2x faster than the plain double loop here)."""
+    """dst = src.T for src (N, M), dst (M, N): 16 source rows per pass, so each row of dst
+    gets 16 consecutive stores (1024x32: 11.9 us vs 18.7 with 8 rows, 19.8 plain loop)."""
     N, M = src.shape
-    N8 = N - N % 8
-    for n in range(0, N8, 8):
-        s0, s1, s2, s3 = src[n], src[n + 1], src[n + 2], src[n + 3]
-        s4, s5, s6, s7 = src[n + 4], src[n + 5], src[n + 6], src[n + 7]
+    N16 = N - N % 16
+    for n in range(0, N16, 16):
         for m in range(M):
-            d = dst[m, n:n + 8]
-            d[0], d[1], d[2], d[3] = s0[m], s1[m], s2[m], s3[m]
-            d[4], d[5], d[6], d[7] = s4[m], s5[m], s6[m], s7[m]
-    for n in range(N8, N):
+            d = dst[m, n:n + 16]
+            for i in range(16):
+                d[i] = src[n + i, m]
+    for n in range(N16, N):
         for m in range(M):
             dst[m, n] = src[n, m]
 
@@ -514,6 +512,24 @@ def gemm(a, b, out, part=0, nparts=1):
     M = out.shape[0]
     r0, r1 = M * part // nparts, M * (part + 1) // nparts
     np.matmul(a[r0:r1], b, out=out[r0:r1])
+
+
+def split_matmul(a, b, threads=None):
+    """a @ b with the rows of the result split over ``threads`` parts (default: the
+    recurrence's thread count), each a one-thread BLAS call. For products next to the
+    layers (an output layer) in a loop that uses backend="cpu": a threaded BLAS call there
+    leaves OpenBLAS's workers spinning ~100 ms on the cores the next layer call splits over.
+    a (M, K), b (K, N); returns a new (M, N) array."""
+    nparts = recurrence_threads() if threads is None else threads
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    nparts = max(1, min(nparts, a.shape[0] // 64))     # at least 64 rows a part
+    if nparts == 1:
+        with single_threaded_blas():
+            np.matmul(a, b, out=out)
+        return out
+    with single_threaded_blas():
+        run_parts(lambda p: gemm(a, b, out, p, nparts), nparts)
+    return out
 
 
 @stable_jit("copy")
