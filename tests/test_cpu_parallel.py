@@ -13,7 +13,7 @@ import gpurnn
 from gpurnn.cpu import CpuBackend
 from gpurnn.cpu import kernels
 from gpurnn.cpu.parallel import recurrence_threads, run_parts, single_threaded_blas
-from gpurnn.cpu.sync import FLAG_STRIDE, barrier
+from gpurnn.cpu.sync import FLAG_STRIDE, barrier, new_flags
 
 CELLS = {"rnn_tanh": (gpurnn.RNN, {}), "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
          "lstm": (gpurnn.LSTM, {}), "gru": (gpurnn.GRU, {})}
@@ -90,13 +90,36 @@ def _exchange(part, nparts, flags, slots, steps, errors):
 
 @pytest.mark.parametrize("nparts", [2, 3])
 def test_barrier_orders_every_step(nparts):
-    flags = np.zeros(nparts * FLAG_STRIDE, np.int64)
+    flags = new_flags(nparts)
     slots = np.zeros(nparts * FLAG_STRIDE, np.int64)
     errors = np.zeros(nparts, np.int64)
     steps = 20000 if nparts <= recurrence_threads() else 500   # 3 parts on 2 cores: yields
     run_parts(lambda p: _exchange(p, nparts, flags, slots, steps, errors), nparts)
     assert errors.tolist() == [0] * nparts
-    assert flags[::FLAG_STRIDE].tolist() == [2 * steps] * nparts
+    assert flags[::FLAG_STRIDE].tolist() == [2 * steps] * nparts + [0]   # + the abort flag
+
+
+def test_failing_part_releases_the_others():
+    """A part that raises before a meeting must not leave its partner waiting there."""
+    import threading
+    plan = kernels.Plan(100, 1, 256, 1024, threads=2)
+    assert plan.nparts == 2
+
+    def part(p):
+        if p == 1:
+            raise KeyboardInterrupt   # as a Ctrl-C between two steps of a part would
+        plan.meet(p)
+    outcome = []
+
+    def call():
+        try:
+            plan.run(part)
+        except KeyboardInterrupt:
+            outcome.append("raised")
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    assert not caller.is_alive() and outcome == ["raised"]
 
 
 def test_run_parts_returns_in_order_and_raises():

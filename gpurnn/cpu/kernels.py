@@ -76,7 +76,7 @@ from ..cells import make_cell_math
 from . import fastmath
 from .jit import stable_jit
 from .parallel import recurrence_threads, run_parts, single_threaded_blas
-from .sync import FLAG_STRIDE, barrier, meet
+from .sync import abort, barrier, meet, new_flags
 
 
 @functools.lru_cache(maxsize=None)
@@ -442,10 +442,6 @@ def aligned_empty(shape, dtype, align=64):
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
-def _flags(nparts):
-    return np.zeros(nparts * FLAG_STRIDE, np.int64)
-
-
 class Plan:
     """How one layer-direction's recurrence is split over threads.
 
@@ -465,8 +461,8 @@ class Plan:
             self.kind, self.nparts = "units", max(1, min(threads, H // MIN_UNITS_PER_PART))
         else:
             self.kind, self.nparts = "rows", max(1, min(threads, B // MIN_ROWS_PER_PART))
-        self.step_flags = _flags(self.nparts)
-        self.phase_flags = _flags(self.nparts)
+        self.step_flags = new_flags(self.nparts)
+        self.phase_flags = new_flags(self.nparts)
         self._phase = [0] * self.nparts
         self.partial = self.w_packed = self.w_rows = None
 
@@ -481,7 +477,7 @@ class Plan:
             self.w_packed = aligned_empty((self.nparts, self.H, self.GH // self.H * self._chunk()), dtype)
 
     def prepare_backward(self, dtype):
-        self.step_flags = _flags(self.nparts)
+        self.step_flags = new_flags(self.nparts)
         if self.kind == "units":     # each part's W_hh rows and dh shares (backward_small)
             self.w_rows = aligned_empty((self.nparts, self.GH // self.H * self._chunk(), self.H), dtype)
             self.partial = aligned_empty((2, self.nparts, self.B, self.H), dtype)
@@ -498,9 +494,18 @@ class Plan:
         return single_threaded_blas() if self.nparts > 1 else contextlib.nullcontext()
 
     def run(self, fn):
-        """fn(part) on every part at once (parts 1.. on pool threads), BLAS per self.blas()."""
+        """fn(part) on every part at once (parts 1.. on pool threads), BLAS per self.blas().
+        A part that raises (KeyboardInterrupt included) releases the others' barriers, so
+        they finish instead of waiting for it forever; the error is raised here."""
+        def guarded(part):
+            try:
+                return fn(part)
+            except BaseException:
+                abort(self.step_flags)
+                abort(self.phase_flags)
+                raise
         with self.blas():
-            run_parts(fn, self.nparts)
+            run_parts(guarded, self.nparts)
 
 
 def gemm(a, b, out, part=0, nparts=1):

@@ -7,13 +7,15 @@ Numba has no CPU atomics, and a plain load in a loop may be hoisted out of it by
 the counters are read and written with LLVM atomic load (acquire) / store (release).
 
   barrier(flags, part, nparts, generation)
-      flags       (nparts * FLAG_STRIDE,) int64, zeroed before the threads start
+      flags       new_flags(nparts): ((nparts + 1) * FLAG_STRIDE,) int64, zeros; the last
+                  cache line is the abort flag (``abort(flags)``)
       part        this thread's index in 0..nparts-1
       generation  1, 2, 3, ... (one more at each meeting; the counters only grow, so no reset)
   Each thread publishes ``generation`` in its own cache line, then waits until every other
   thread has published at least that much. Past SPINS_BEFORE_YIELD polls it calls
   sched_yield between polls, so a thread whose partner lost its core (more runnable threads
-  than cores) gives the core back instead of burning its time slice.
+  than cores) gives the core back instead of burning its time slice. Once the abort flag
+  is set no barrier waits any more, so a part that raised cannot leave the others hanging.
 
 Run/test:  python -m pytest tests/test_cpu_parallel.py -q
 """
@@ -23,6 +25,7 @@ import platform
 
 import llvmlite.binding
 import llvmlite.ir as ir
+import numpy as np
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
@@ -99,14 +102,28 @@ for _fn in (_load_acquire, _store_release, _relax, _yield):     # stable cache k
     _fn._set_uuid(f"gpurnn.cpu:sync:{_fn.__name__}")
 
 
+def new_flags(nparts):
+    """Counters for ``nparts`` threads, each in its own cache line, and an abort flag after
+    them (``abort``): a part that fails sets it so that the others stop waiting for it."""
+    return np.zeros((nparts + 1) * FLAG_STRIDE, np.int64)
+
+
+def abort(flags):
+    """Release every part waiting at a barrier on ``flags`` (a part failed; its partners
+    run on to the end of their loops without waiting, and the caller raises the error)."""
+    flags[-FLAG_STRIDE] = 1
+
+
 @stable_jit("sync", inline="always")
 def barrier(flags, part, nparts, generation):
     _store_release(flags, part * FLAG_STRIDE, generation)
+    aborted = nparts * FLAG_STRIDE
     for other in range(nparts):
         if other == part:
             continue
         polls = 0
-        while _load_acquire(flags, other * FLAG_STRIDE) < generation:
+        while (_load_acquire(flags, other * FLAG_STRIDE) < generation
+               and _load_acquire(flags, aborted) == 0):
             polls += 1
             if polls < SPINS_BEFORE_YIELD:
                 _relax()
