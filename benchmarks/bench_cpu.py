@@ -170,11 +170,11 @@ def profile(cfg, repeats):
     gx, out, dgx = np.empty((T, B, G * H), f32), np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)
     x2, gx2, d2 = x.reshape(T * B, I), gx.reshape(T * B, G * H), dgx.reshape(T * B, G * H)
 
-    def split(fn):                              # fn(plan, part) on every part, as the backend runs it
+    def split(fn, backward=False):              # fn(plan, part) on every part, as the backend runs it
         def run():
             plan = Plan(T, B, H, G * H, recurrence_threads())
             plan.prepare_forward(f32)
-            plan.prepare_backward(f32)
+            plan = plan.for_backward(f32) if backward else plan
             plan.run(lambda p: fn(plan, p))
         return run
 
@@ -194,7 +194,7 @@ def profile(cfg, repeats):
         "  of which the per-step BLAS products (B > 8)": split(products_only),
         "backward: recurrence (fused cell + products)": split(lambda plan, p: backward_part(
             plan, p, tape["acts"], tape["h_seq"], tape["c_seq"], tape["aux"], w_hh, w_hh_t, tape["lengths"],
-            0, dout, np.zeros((B, H), f32), np.zeros((B, H), f32), dgx, dgx)),
+            0, dout, np.zeros((B, H), f32), np.zeros((B, H), f32), dgx, dgx), backward=True),
         "backward: dX = dG W_ih": split(lambda plan, p: gemm(d2, w_ih, np.empty((T * B, I), f32), p, plan.nparts)),
         "backward: dW_ih = dG^T X": split(lambda plan, p: gemm(d2.T, x2, np.empty((G * H, I), f32), p, plan.nparts)),
         "backward: dW_hh = dG^T H_prev": split(lambda plan, p: gemm(

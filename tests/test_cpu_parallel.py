@@ -185,3 +185,19 @@ def test_output_layer_with_split_matmul(rng):
     np.testing.assert_allclose(dh_b, dh_a, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(split.grads["weight"], plain.grads["weight"], rtol=1e-12, atol=1e-14)
     assert CharLM(11, hidden=8, backend="cpu").head._matmul is split_matmul
+
+
+@pytest.mark.parametrize("batch", [2, 11])
+def test_split_backward_twice_on_one_tape(batch, rng, split_small_shapes):
+    """Each backward gets fresh barriers (Plan.for_backward): a second call on the same
+    tape gives exactly the first call's gradients again."""
+    model = gpurnn.GRU(I, H, backend=CpuBackend(threads=2), dtype="float64", seed=1)
+    model(rng.standard_normal((T, batch, I)))
+    dout = rng.standard_normal((T, batch, H))
+    first, _ = model.backward(dout)
+    grads = {k: g.copy() for k, g in model.grads.items()}
+    again, _ = model.backward(dout)
+    assert model.backend_impl.last_plan["backward"][1] == 2
+    np.testing.assert_array_equal(again, first)
+    for k, g in model.grads.items():
+        np.testing.assert_allclose(g, 2 * grads[k], rtol=1e-14, atol=0)

@@ -129,7 +129,7 @@ class CpuBackend:
     def backward(self, tape, dout, dh_n, dc_n, truncate):
         from .kernels import gemm, recurrence_kernels
         cell, x, w_ih, w_hh = tape["cell"], tape["x"], tape["w_ih"], tape["w_hh"]
-        h_seq, c_seq, plan = tape["h_seq"], tape["c_seq"], tape["plan"]
+        h_seq, c_seq = tape["h_seq"], tape["c_seq"]
         T, B, I = x.shape
         GH, H = w_hh.shape
         dtype = x.dtype
@@ -144,7 +144,7 @@ class CpuBackend:
         dw_hh = self._empty((GH, H), dtype)
         dout = np.ascontiguousarray(dout, dtype)
         truncate = 0 if truncate is None else int(truncate)
-        plan.prepare_backward(dtype)
+        plan = tape["plan"].for_backward(dtype)
         _, backward_part = recurrence_kernels(cell, dtype.name)
         dgx2, dgh2, x2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH), x.reshape(T * B, I)
         h_prev2 = h_seq[:T].reshape(T * B, H)

@@ -68,6 +68,7 @@ parts or the Plan, 64-byte aligned (aligned_empty).
 Run/test:  python -m pytest tests/test_cpu_backend.py tests/test_cpu_parallel.py -q
 """
 import contextlib
+import copy
 import functools
 
 import numpy as np
@@ -445,7 +446,7 @@ def aligned_empty(shape, dtype, align=64):
 class Plan:
     """How one layer-direction's recurrence is split over threads.
 
-    kind "units": B <= 8 (``is_small_step``), njit products, parts own hidden units and meet
+    kind "units": B <= 8 (``_is_small``), njit products, parts own hidden units and meet
                   at a spin barrier every step (``step_flags``; ``partial`` for the backward).
     kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop.
     ``meet(part)`` is a barrier for the phases around the loop (a GEMM split by rows before
@@ -461,10 +462,23 @@ class Plan:
             self.kind, self.nparts = "units", max(1, min(threads, H // MIN_UNITS_PER_PART))
         else:
             self.kind, self.nparts = "rows", max(1, min(threads, B // MIN_ROWS_PER_PART))
+        self._reset()
+
+    def _reset(self):
         self.step_flags = new_flags(self.nparts)
         self.phase_flags = new_flags(self.nparts)
         self._phase = [0] * self.nparts
         self.partial = self.w_packed = self.w_rows = None
+
+    def for_backward(self, dtype):
+        """A copy of this plan (same split) with fresh barriers and the backward's buffers:
+        a tape's backward may run more than once, or fail and be run again."""
+        plan = copy.copy(self)
+        plan._reset()
+        if plan.kind == "units":     # each part's W_hh rows and dh shares (backward_small)
+            plan.w_rows = aligned_empty((plan.nparts, plan.GH // plan.H * plan._chunk(), plan.H), dtype)
+            plan.partial = aligned_empty((2, plan.nparts, plan.B, plan.H), dtype)
+        return plan
 
     def describe(self):
         return (self.kind, self.nparts)
@@ -475,12 +489,6 @@ class Plan:
     def prepare_forward(self, dtype):
         if self.kind == "units":     # each part's packed W_hh^T columns (forward_small)
             self.w_packed = aligned_empty((self.nparts, self.H, self.GH // self.H * self._chunk()), dtype)
-
-    def prepare_backward(self, dtype):
-        self.step_flags = new_flags(self.nparts)
-        if self.kind == "units":     # each part's W_hh rows and dh shares (backward_small)
-            self.w_rows = aligned_empty((self.nparts, self.GH // self.H * self._chunk(), self.H), dtype)
-            self.partial = aligned_empty((2, self.nparts, self.B, self.H), dtype)
 
     def _chunk(self):
         return _unit_range(0, self.nparts, self.H)[1]
