@@ -115,6 +115,7 @@ class CpuBackend:
             forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, h_seq, c_seq, aux, out,
                          TRANSPOSED_FWD)
         plan.run(part)
+        plan.w_packed = None                       # the tape keeps the plan, not its scratch
         self.last_plan = {"forward": plan.describe()}
 
         keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h
