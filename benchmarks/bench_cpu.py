@@ -173,7 +173,6 @@ def profile(cfg, repeats):
     def split(fn, backward=False):              # fn(plan, part) on every part, as the backend runs it
         def run():
             plan = Plan(T, B, H, G * H, recurrence_threads())
-            plan.prepare_forward(f32)
             plan = plan.for_backward(f32) if backward else plan
             plan.run(lambda p: fn(plan, p))
         return run

@@ -25,9 +25,9 @@ from ..cells import cell_spec
 
 
 # The forward's per-step BLAS product in the transposed orientation (ghT = W_hh @ h^T,
-# kernels.forward_step, batch rows split): measured faster in place for LSTM B=32 H=256 and B=64 H=512 once the
-# copies were tiled (Tuning log, benchmarks/RESULTS_cpu.md). False = h @ W_hh^T directly
-# (kept selectable for comparisons; the tests run both).
+# kernels.forward_step, batch rows split): measured faster in place for LSTM B=32 H=256 and
+# B=64 H=512 once the copies were tiled (Tuning log, benchmarks/RESULTS_cpu.md). False =
+# h @ W_hh^T directly (kept selectable for comparisons; the tests run both).
 TRANSPOSED_FWD = True
 
 
@@ -105,7 +105,6 @@ class CpuBackend:
         if plan.kind == "rows":                    # tape for the backward's)
             w_hh_t = self._empty((H, GH), dtype)
             transpose(w_hh, w_hh_t)
-        plan.prepare_forward(dtype)
         forward_part, _ = recurrence_kernels(spec.name, dtype.name)
         x2, gx2 = x.reshape(T * B, I), gx.reshape(T * B, GH)
 
@@ -115,7 +114,6 @@ class CpuBackend:
             forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, h_seq, c_seq, aux, out,
                          TRANSPOSED_FWD)
         plan.run(part)
-        plan.w_packed = None                       # the tape keeps the plan, not its scratch
         self.last_plan = {"forward": plan.describe()}
 
         keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h

@@ -227,7 +227,8 @@ def _accumulate_product(coef, rows, c0, out):
     K4 = K - K % 4
     for k in range(0, K4, 4):
         s0, s1, s2, s3 = coef[k], coef[k + 1], coef[k + 2], coef[k + 3]
-        r0, r1, r2, r3 = rows[k, c0:c0 + n], rows[k + 1, c0:c0 + n], rows[k + 2, c0:c0 + n], rows[k + 3, c0:c0 + n]
+        r0, r1 = rows[k, c0:c0 + n], rows[k + 1, c0:c0 + n]
+        r2, r3 = rows[k + 2, c0:c0 + n], rows[k + 3, c0:c0 + n]
         for j in range(n):
             out[j] += s0 * r0[j] + s1 * r1[j] + s2 * r2[j] + s3 * r3[j]
     for k in range(K4, K):
@@ -299,17 +300,16 @@ def _step_loops(key, forward_row, backward_row):
     # ---- small products (B <= 8): the whole loop in one njit call per part; the parts
     # split the hidden units, meeting at a spin barrier once per step
     @stable_jit(key, nogil=True)
-    def forward_small(part, nparts, flags, gx, w_hh, w_packed, bias, lengths, h_seq, c_seq, aux,
-                      out):
+    def forward_small(part, nparts, flags, gx, w_hh, w, bias, lengths, h_seq, c_seq, aux, out):
         """Part ``part`` of ``nparts``: packs the W_hh^T columns of its units' G gates into
-        w_packed[part] (1/nparts of W_hh, which then stays in this core's L2 cache), then per
-        step their products h_{t-1} @ W_hh^T and the fused cell; the barrier publishes h_t to
-        the other parts."""
+        ``w`` (Plan.weight_copy: 1/nparts of W_hh, which then stays in this core's L2 cache),
+        then per step their products h_{t-1} @ W_hh^T and the fused cell; the barrier
+        publishes h_t to the other parts."""
         T, B, H = gx.shape[0], gx.shape[1], h_seq.shape[2]
         u0, u1 = _unit_range(part, nparts, H)
         n = u1 - u0
         G = gx.shape[2] // H
-        w = w_packed[part]                      # (H, G*chunk); columns g*n + j = unit u0 + j
+        # w[:, g*n + j] = W_hh[g*H + u0 + j, :]
         if nparts == 1:                         # all units: plain W_hh^T (C-contiguous stores,
             _transpose_into(w_hh, w)            # 0.15 vs 0.22 ms at H=256)
         else:
@@ -324,18 +324,18 @@ def _step_loops(key, forward_row, backward_row):
             barrier(flags, part, nparts, t + 1)
 
     @stable_jit(key, nogil=True)
-    def backward_small(part, nparts, flags, acts, h_seq, c_seq, aux, w_hh, w_rows, lengths, truncate,
+    def backward_small(part, nparts, flags, acts, h_seq, c_seq, aux, w_hh, w, lengths, truncate,
                        dout, dh, dc, dgx, dgh, partial):
-        """Part ``part`` of ``nparts``: copies its units' G gate rows of W_hh into w_rows[part]
-        (64-byte aligned, contiguous), then per step the cell backward for its units and its
-        share of dh_{t-1} = dgh[t] @ W_hh over those rows into partial[t % 2, part] (B, H);
+        """Part ``part`` of ``nparts``: copies its units' G gate rows of W_hh into ``w``
+        (Plan.weight_copy: contiguous, aligned), then per step the cell backward for its units
+        and its share of dh_{t-1} = dgh[t] @ W_hh over those rows into partial[t % 2, part] (B, H);
         after the barrier each part adds all parts' shares for its own units. Two partial
         buffers, alternating, so one barrier per step suffices."""
         T, B, H = acts.shape[0], acts.shape[1], h_seq.shape[2]
         u0, u1 = _unit_range(part, nparts, H)
         n = u1 - u0
         G = dgx.shape[2] // H
-        w = w_rows[part]                        # (G*chunk, H); rows g*n + j = unit u0 + j
+        # w[g*n + j] = W_hh[g*H + u0 + j]
         for g in range(G):
             w[g * n:(g + 1) * n] = w_hh[g * H + u0:g * H + u1]
         for t in range(T - 1, -1, -1):
@@ -405,8 +405,9 @@ def _step_loops(key, forward_row, backward_row):
                      transposed):
         """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
         if plan.kind == "units":
-            forward_small(part, plan.nparts, plan.step_flags, gx, w_hh, plan.w_packed, bias, lengths,
-                          h_seq, c_seq, aux, out)
+            forward_small(part, plan.nparts, plan.step_flags, gx, w_hh,
+                          plan.weight_copy(part, "columns", gx.dtype), bias, lengths, h_seq, c_seq,
+                          aux, out)
         else:
             forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux,
                               out, transposed)
@@ -415,7 +416,8 @@ def _step_loops(key, forward_row, backward_row):
                       dh, dc, dgx, dgh):
         """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
         if plan.kind == "units":
-            backward_small(part, plan.nparts, plan.step_flags, acts, h_seq, c_seq, aux, w_hh, plan.w_rows,
+            backward_small(part, plan.nparts, plan.step_flags, acts, h_seq, c_seq, aux, w_hh,
+                           plan.weight_copy(part, "rows", acts.dtype),
                            lengths, truncate, dout, dh, dc, dgx, dgh, plan.partial)
         else:
             backward_rows_part(*plan.rows(part), acts, h_seq, c_seq, aux, w_hh_t, lengths, truncate,
@@ -447,7 +449,8 @@ class Plan:
     """How one layer-direction's recurrence is split over threads.
 
     kind "units": B <= 8 (``_is_small``), njit products, parts own hidden units and meet
-                  at a spin barrier every step (``step_flags``; ``partial`` for the backward).
+                  at a spin barrier every step (``step_flags``; ``partial`` for the backward;
+                  each part's copy of its share of W_hh from ``weight_copy``).
     kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop.
     ``meet(part)`` is a barrier for the phases around the loop (a GEMM split by rows before
     or after it). With nparts > 1, ``blas()`` limits BLAS to one thread per part (each part
@@ -468,15 +471,14 @@ class Plan:
         self.step_flags = new_flags(self.nparts)
         self.phase_flags = new_flags(self.nparts)
         self._phase = [0] * self.nparts
-        self.partial = self.w_packed = self.w_rows = None
+        self.partial = None
 
     def for_backward(self, dtype):
         """A copy of this plan (same split) with fresh barriers and the backward's buffers:
         a tape's backward may run more than once, or fail and be run again."""
         plan = copy.copy(self)
         plan._reset()
-        if plan.kind == "units":     # each part's W_hh rows and dh shares (backward_small)
-            plan.w_rows = aligned_empty((plan.nparts, plan.GH // plan.H * plan._chunk(), plan.H), dtype)
+        if plan.kind == "units":     # the parts' dh shares (backward_small)
             plan.partial = aligned_empty((2, plan.nparts, plan.B, plan.H), dtype)
         return plan
 
@@ -486,12 +488,13 @@ class Plan:
     def rows(self, part):
         return self.B * part // self.nparts, self.B * (part + 1) // self.nparts
 
-    def prepare_forward(self, dtype):
-        if self.kind == "units":     # each part's packed W_hh^T columns (forward_small)
-            self.w_packed = aligned_empty((self.nparts, self.H, self.GH // self.H * self._chunk()), dtype)
-
-    def _chunk(self):
-        return _unit_range(0, self.nparts, self.H)[1]
+    def weight_copy(self, part, layout, dtype):
+        """An empty, 64-byte aligned array for one "units" part's share of W_hh: "columns"
+        (H, G*n) for the forward's packed W_hh^T, "rows" (G*n, H) for the backward's, where n
+        is the part's unit count (the part fills it: forward_small / backward_small)."""
+        u0, u1 = _unit_range(part, self.nparts, self.H)
+        G, n = self.GH // self.H, u1 - u0
+        return aligned_empty((self.H, G * n) if layout == "columns" else (G * n, self.H), dtype)
 
     def meet(self, part):
         if self.nparts > 1:
@@ -536,10 +539,6 @@ def split_matmul(a, b, threads=None):
     nparts = recurrence_threads() if threads is None else threads
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     nparts = max(1, min(nparts, a.shape[0] // 64))     # at least 64 rows a part
-    if nparts == 1:
-        with single_threaded_blas():
-            np.matmul(a, b, out=out)
-        return out
     with single_threaded_blas():
         run_parts(lambda p: gemm(a, b, out, p, nparts), nparts)
     return out
