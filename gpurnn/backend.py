@@ -1,40 +1,26 @@
-"""Backend registry and the contract every backend implements.
+"""Backend registry, and the numpy backend (the reference) behind the contract.
 
-A backend runs ONE layer in ONE direction; gpurnn.layers builds layers, directions,
-dropout, batch_first and lengths on top of it, the same way for every backend.
-
-    forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths) -> (out, h_n, c_n, tape)
-    backward(tape, dout, dh_n, dc_n, truncate) -> DirectionGrads
-
-with the shapes documented in gpurnn.reference (the numpy backend *is* the reference).
-Arrays are the backend's native arrays (``backend.xp``: numpy, or cupy on a GPU);
-``lengths`` is a host NumPy int array or None; ``tape`` is opaque to the caller.
+The contract every backend implements is documented in gpurnn.contract: one layer, one
+direction, any registered cell (a gpurnn.cells.CellSpec).
 
 Registered backends, in "auto" preference order: cuda, cpu, numpy. A backend module is
 imported only when asked for, so importing gpurnn never touches Numba or a GPU.
 """
 import importlib
-from typing import NamedTuple, Optional
 
 import numpy as np
 
 
-class DirectionGrads(NamedTuple):
-    """Gradients of one layer-direction. Shapes as the forward's arguments."""
-    dx: object                 # (T, B, I)
-    dh0: object                # (B, H)
-    dc0: Optional[object]      # (B, H) for LSTM, else None
-    dw_ih: object              # (G*H, I)
-    dw_hh: object              # (G*H, H)
-    db_ih: Optional[object]    # (G*H,) or None without bias
-    db_hh: Optional[object]    # (G*H,) or None without bias
-
-
 class NumpyBackend:
-    """The NumPy reference as a backend: slow, plain, and the oracle for the others."""
+    """The NumPy oracle as a backend: gpurnn.reference (hand-written) for the cells it
+    covers, gpurnn.vectorised (the cell's own forward + derived backward) for every other
+    cell, or for every cell with ``vectorised=True`` (tests compare the two)."""
     name = "numpy"
     xp = np
     dtypes = ("float32", "float64")
+
+    def __init__(self, vectorised=False):
+        self.vectorised = bool(vectorised)
 
     def is_available(self):
         return True
@@ -45,13 +31,28 @@ class NumpyBackend:
     def to_user(self, a, like):
         return a
 
-    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
-        from . import reference
-        return reference.forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths)
+    def _handwritten(self, spec):
+        return not self.vectorised and spec.reference is not None
 
-    def backward(self, tape, dout, dh_n, dc_n, truncate):
+    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
+        if not self._handwritten(spec):
+            from . import vectorised
+            return vectorised.forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths)
         from . import reference
-        return reference.backward(tape, dout, dh_n, dc_n, truncate)
+        h0, c0 = (tuple(state0) + (None,))[:2]
+        out, h_n, c_n, tape = reference.forward(spec.reference, x, w_ih, w_hh, b_ih, b_hh,
+                                                h0, c0, lengths)
+        tape.update(spec=spec, plan={"path": "numpy-reference"})
+        return out, (h_n,) if c_n is None else (h_n, c_n), tape
+
+    def backward(self, tape, dout, dstate_n, truncate):
+        if tape["plan"]["path"] == "numpy-vectorised":
+            from . import vectorised
+            return vectorised.backward(tape, dout, dstate_n, truncate)
+        from . import reference
+        dh_n, dc_n = (tuple(dstate_n) + (None,))[:2]
+        return reference.backward(tape, dout, dh_n, dc_n, truncate)._replace(
+            plan={"path": "numpy-reference"})
 
 
 # name -> "module:attribute" of a zero-argument factory; filled in by the backend modules.

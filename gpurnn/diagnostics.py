@@ -20,13 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .charlm import make_rnn
+from .cells import get_cell
+from .layers import Recurrent
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-# Recurrent-weight gain per cell for the demonstration (None: the torch-style init).
-DEFAULT_GAINS = {"rnn_tanh": None, "rnn_relu": 2.0, "lstm": None, "gru": None}
-# Forget (LSTM) / update (GRU) gate bias: the common "remember by default" initialisation.
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")     # the default comparison; any registered cell works
+# Recurrent-weight gain per cell for the demonstration (None, or absent: the torch-style init).
+DEFAULT_GAINS = {"rnn_relu": 2.0}
+# Bias added to a forget gate "f" (LSTM, MGU, CIFG-LSTM, sLSTM) or update gate "z" (GRU):
+# the common "remember by default" initialisation.
 DEFAULT_GATE_BIAS = 1.0
+REMEMBER_GATES = ("f", "z")
 
 
 @dataclass
@@ -43,17 +46,18 @@ class GradFlow:
 def build_model(cell, hidden=32, input_size=8, recurrent_gain="default", gate_bias=DEFAULT_GATE_BIAS,
                 backend="numpy", seed=0):
     """A one-layer float64 model set up for the gradient-flow demonstration."""
-    model = make_rnn(cell, input_size, hidden, 1, backend, "float64", seed)
-    gain = DEFAULT_GAINS.get(cell) if recurrent_gain == "default" else recurrent_gain
+    spec = get_cell(cell)
+    model = Recurrent(spec, input_size, hidden, backend=backend, dtype="float64", seed=seed)
+    gain = DEFAULT_GAINS.get(spec.name) if recurrent_gain == "default" else recurrent_gain
     sd = model.state_dict()
     if gain is not None:   # W_hh = gain * orthogonal: every direction grows/shrinks by `gain`
         q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((hidden, hidden)))
         w = sd["weight_hh_l0"]
         for g in range(w.shape[0] // hidden):
             w[g * hidden:(g + 1) * hidden] = gain * q / np.sqrt(w.shape[0] // hidden)
-    if gate_bias and cell in ("lstm", "gru"):
-        # gate 1 is the forget gate f in (i, f, g, o) and the update gate z in (r, z, n)
-        sd["bias_hh_l0"][hidden:2 * hidden] += gate_bias
+    for k, gate in enumerate(spec.gates):
+        if gate_bias and gate in REMEMBER_GATES:
+            sd["bias_hh_l0"][k * hidden:(k + 1) * hidden] += gate_bias
     model.load_state_dict(sd)
     return model
 
@@ -61,33 +65,27 @@ def build_model(cell, hidden=32, input_size=8, recurrent_gain="default", gate_bi
 def state_jacobians(model, x):
     """Per-step state Jacobians of a one-layer model over x (T, I).
 
-    Returns (J, h): J (T, S, S) with J[t][i, j] = d s_t[i] / d s_{t-1}[j], S = H or 2H for
-    LSTM (s = (h, c)); h (T, H) the hidden states. Row i of J[t] is the gradient w.r.t.
-    s_{t-1} of s_t[i], which one backward call over S identical rows gives at once.
+    Returns (J, h): J (T, S, S) with J[t][i, j] = d s_t[i] / d s_{t-1}[j], S = (number of
+    the cell's states) * H (s = (h, c) for LSTM); h (T, H) the hidden states. Row i of J[t]
+    is the gradient w.r.t. s_{t-1} of s_t[i], which one backward call over S identical rows
+    gives at once. ``model``: a one-layer unidirectional gpurnn.Recurrent.
     """
     if model.num_layers != 1 or model.bidirectional:
         raise ValueError("model: state_jacobians needs a one-layer unidirectional model")
-    lstm = model.spec.has_cell_state
-    H = model.hidden_size
-    S = 2 * H if lstm else H
+    H, n_states = model.hidden_size, model.spec.n_states
+    S = n_states * H
     probe = np.eye(S, dtype=model.dtype)
     T = x.shape[0]
     J = np.zeros((T, S, S))
     hs = np.zeros((T, H))
-    state = (np.zeros((1, 1, H), model.dtype),) * 2 if lstm else np.zeros((1, 1, H), model.dtype)
+    state = tuple(np.zeros((1, 1, H), model.dtype) for _ in range(n_states))
     for t in range(T):
         xt = np.repeat(x[t][None, None, :].astype(model.dtype), S, axis=1)      # (1, S, I)
-        rows = tuple(np.repeat(s, S, axis=1) for s in state) if lstm else np.repeat(state, S, axis=1)
-        out, new_state = model(xt, rows)
-        dout = np.zeros_like(out)
-        if lstm:
-            _, (dh0, dc0) = model.backward(dout, (probe[None, :, :H], probe[None, :, H:]))
-            J[t] = np.concatenate([dh0[0], dc0[0]], axis=1)
-            state = tuple(s[:, :1] for s in new_state)
-        else:
-            _, dh0 = model.backward(dout, probe[None])
-            J[t] = dh0[0]
-            state = new_state[:, :1]
+        out, new_state = model(xt, tuple(np.repeat(s, S, axis=1) for s in state))
+        _, dstate0 = model.backward(np.zeros_like(out),
+                                    tuple(probe[None, :, k * H:(k + 1) * H] for k in range(n_states)))
+        J[t] = np.concatenate([d[0] for d in dstate0], axis=1)
+        state = tuple(s[:, :1] for s in new_state)
         hs[t] = out[0, 0]
     model.zero_grad()
     return J, hs

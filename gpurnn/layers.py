@@ -1,17 +1,22 @@
-"""torch.nn-compatible recurrent layers: RNN, LSTM, GRU.
+"""Recurrent layers of any cell (``Recurrent``) and the torch.nn-compatible RNN, LSTM, GRU.
 
-Everything above one layer-direction lives here and is the same for every backend:
+Everything above one layer-direction lives here and is the same for every backend and
+every cell (gpurnn.cells):
 stacking layers, bidirectional (the reverse direction reads each row backwards within
 its own length, so padding never leaks into it), dropout between layers, batch_first,
 initial/final state layout, gradient accumulation and the state_dict in torch's names.
 
 Shapes (T steps, B rows, I = input_size, H = hidden_size, L = num_layers, D = 2 if
-bidirectional else 1):
+bidirectional else 1, S = the cell's state count):
     x        (T, B, I), or (B, T, I) with batch_first
-    h0, c0   (L*D, B, H) whatever batch_first says
+    state0   tuple of S arrays (L*D, B, H) (or None each) whatever batch_first says;
+             RNN/GRU take one array h0, LSTM the pair (h0, c0), as torch
     lengths  (B,) ints in 1..T, right-padded x
-    out      (T, B, D*H), or (B, T, D*H) with batch_first
-    h_n, c_n (L*D, B, H);  index l*D + d (d = 1 is the reverse direction)
+    out      (T, B, D*H), or (B, T, D*H) with batch_first: the sequence of h = states[0]
+    state_n  tuple of S arrays (L*D, B, H);  index l*D + d (d = 1 is the reverse direction)
+
+``last_plans`` of a module lists what each layer-direction ran in its last forward and
+backward (the backends' plan records: kernel, split, any fast path declined and why).
 """
 from collections import OrderedDict
 
@@ -19,16 +24,27 @@ import numpy as np
 
 from .arrays import to_numpy
 from .backend import get_backend
-from .cells import cell_spec
+from .cells import get_cell
 from .validation import check_float_array, check_lengths, check_positive_int
 
 
-class RNNBase:
-    """Shared machinery for RNN, LSTM and GRU; use those classes."""
+class Recurrent:
+    """A stack of recurrent layers of any cell (a CellSpec or a registered name).
+
+        m = gpurnn.Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True,
+                             batch_first=False, dropout=0.0, bidirectional=False,
+                             backend="auto", dtype="float32", seed=None)
+        out, state_n = m(x, state0=None, lengths=None)       # state_n: tuple of S arrays
+        dx, dstate0 = m.backward(dout, dstate_n=None, truncate=None)
+
+    Weights as torch's: weight_ih_l{k}[_reverse] (G*H, I or D*H), weight_hh_l{k} (G*H, H),
+    bias_ih_l{k}, bias_hh_l{k} (G*H,), gate rows stacked in the cell's gate order, init
+    U(-1/sqrt(H), 1/sqrt(H)).
+    """
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, backend="auto", dtype="float32", seed=None):
-        self.spec = cell_spec(cell)
+        self.spec = get_cell(cell)
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
@@ -50,11 +66,12 @@ class RNNBase:
         self._dropout_rng = np.random.default_rng(None if seed is None else [seed, 1])
         bound = 1.0 / np.sqrt(self.hidden_size)   # torch's init: U(-1/sqrt(H), 1/sqrt(H))
         self._params = OrderedDict(
-            (name, self._backend.asarray(rng.uniform(-bound, bound, shape).astype(self.dtype)))
+            (name, self._backend.asarray(_uniform(rng, bound, shape, self.dtype)))
             for name, shape in self._param_shapes().items())
         self.grads = OrderedDict()
         self.zero_grad()
         self._tape = None
+        self.last_plans = None
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -119,30 +136,39 @@ class RNNBase:
     def eval(self):
         return self.train(False)
 
+    def _repr_extra(self):
+        return f"{self.spec.name!r}, "
+
     def __repr__(self):
-        extra = f", nonlinearity={self.spec.name[4:]!r}" if self.spec.name.startswith("rnn") else ""
-        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-                f"{extra}, bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout},"
+        return (f"{type(self).__name__}({self._repr_extra()}{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+                f", bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout},"
                 f" bidirectional={self.bidirectional}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
     # ----------------------------------------------------------------- forward
-    def __call__(self, x, hx=None, lengths=None):
-        return self.forward(x, hx, lengths)
+    def __call__(self, x, state0=None, lengths=None):
+        return self.forward(x, state0, lengths)
 
-    def forward(self, x, hx=None, lengths=None):
-        """Run the whole stack. Returns (out, h_n), or (out, (h_n, c_n)) for LSTM.
+    def forward(self, x, state0=None, lengths=None):
+        """Run the whole stack. Returns (out, state_n), state_n a tuple of S arrays.
 
         The tape for ``backward`` is kept on the module (the last forward wins)."""
-        result, self._tape = self.forward_tape(x, hx, lengths)
+        return self._forward(x, state0, lengths)
+
+    def forward_tape(self, x, state0=None, lengths=None, *, params=None):
+        """Functional forward: returns ((out, state_n), tape) and keeps nothing on the module.
+
+        Pass ``tape`` to ``backward_tape``; tape["plans"] holds each layer-direction's plan.
+        ``params`` (optional, torch names to backend-native arrays) replaces the module's
+        own parameters for this call; the torch bridge passes its nn.Parameters this way.
+        """
+        return self._run_forward(x, state0, lengths, params)
+
+    def _forward(self, x, state0, lengths, labels=None):
+        result, self._tape = self._run_forward(x, state0, lengths, None, labels)
+        self.last_plans = {"forward": self._tape["plans"]}
         return result
 
-    def forward_tape(self, x, hx=None, lengths=None, *, params=None):
-        """Functional forward: returns (result, tape) and keeps nothing on the module.
-
-        result is what ``forward`` returns; pass ``tape`` to ``backward_tape``. ``params``
-        (optional, torch names to backend-native arrays) replaces the module's own
-        parameters for this call; the torch bridge passes its nn.Parameters this way.
-        """
+    def _run_forward(self, x, state0, lengths, params, labels=None):
         be, xp = self._backend, self._backend.xp
         params = self._params if params is None else params
         user_x = x
@@ -155,23 +181,23 @@ class RNNBase:
         T, B, _ = x.shape
         check_float_array("x", x, (T, B, self.input_size), self.dtype)
         lengths = check_lengths(lengths, B, T)
-        h0, c0 = self._check_state(hx, B)
-        D = self.num_directions
+        state0 = self._check_state("state0", state0, B, labels)
+        D, S = self.num_directions, self.spec.n_states
 
-        layer_input, tapes, masks, h_n, c_n = x, [], [], [], []
+        layer_input, tapes, masks, state_n = x, [], [], [[] for _ in range(S)]
         for layer in range(self.num_layers):
             outs, layer_tapes = [], []
             for d in range(D):
                 k = layer * D + d
                 w = _layer_weights(params, layer, d)
                 seq = layer_input if d == 0 else _reverse_within_length(xp, layer_input, lengths)
-                out, hn, cn, tape = be.forward(self.spec.name, seq, *w,
-                                               None if h0 is None else h0[k],
-                                               None if c0 is None else c0[k], lengths)
+                out, states, tape = be.forward(self.spec, seq, *w,
+                                               tuple(None if s is None else s[k] for s in state0),
+                                               lengths)
                 outs.append(out if d == 0 else _reverse_within_length(xp, out, lengths))
                 layer_tapes.append(tape)
-                h_n.append(hn)
-                c_n.append(cn)
+                for s, value in enumerate(states):
+                    state_n[s].append(value)
             layer_out = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
             mask = None
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
@@ -182,15 +208,13 @@ class RNNBase:
             masks.append(mask)
             layer_input = layer_out
 
-        tape = dict(tapes=tapes, masks=masks, lengths=lengths, T=T, B=B)
+        tape = dict(tapes=tapes, masks=masks, lengths=lengths, T=T, B=B,
+                    plans=[[t.get("plan") for t in layer] for layer in tapes])
         out = layer_input
         if self.batch_first:
             out = xp.ascontiguousarray(out.transpose(1, 0, 2))
         out = be.to_user(out, user_x)
-        h_n = be.to_user(xp.stack(h_n), user_x)
-        if self.spec.has_cell_state:
-            return (out, (h_n, be.to_user(xp.stack(c_n), user_x))), tape
-        return (out, h_n), tape
+        return (out, tuple(be.to_user(xp.stack(v), user_x) for v in state_n)), tape
 
     def _as_native(self, name, a):
         try:
@@ -202,48 +226,56 @@ class RNNBase:
     def _state_shape(self, B):
         return (self.num_layers * self.num_directions, B, self.hidden_size)
 
-    def _check_state(self, hx, B):
-        """Split and validate the initial state; returns (h0, c0), each native or None."""
-        if self.spec.has_cell_state:
-            if hx is None:
-                hx = (None, None)
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx: expected a tuple (h0, c0) for LSTM (either may be None),"
-                                f" got {type(hx).__name__}")
-            names, states = ("h0", "c0"), hx
-        else:
-            if isinstance(hx, (tuple, list)):
-                raise TypeError(f"hx: expected one array h0 for {type(self).__name__}, got a"
-                                f" {type(hx).__name__} of {len(hx)}")
-            names, states = ("h0",), (hx,)
-        checked = []
-        for name, s in zip(names, states):
-            if s is not None:
-                s = check_float_array(name, self._as_native(name, s), self._state_shape(B), self.dtype)
-            checked.append(s)
-        return checked[0], (checked[1] if len(checked) > 1 else None)
+    def _check_state(self, what, states, B, labels=None):
+        """Validate a state tuple (state0 / dstate_n): None, or S entries each None or an
+        array (L*D, B, H); a bare array is accepted for one-state cells. Returns a tuple of
+        S native arrays or Nones. ``labels``: the entries' names in errors (default
+        what[k] (state name))."""
+        names = self.spec.states
+        labels = labels or [f"{what}[{k}] ({n})" for k, n in enumerate(names)]
+        S = len(names)
+        if states is None:
+            return (None,) * S
+        if not isinstance(states, (tuple, list)):
+            if S != 1:
+                raise TypeError(f"{what}: expected a tuple of {S} states {names} for cell"
+                                f" {self.spec.name!r} (each may be None), got {type(states).__name__}")
+            states = (states,)
+        if len(states) != S:
+            raise TypeError(f"{what}: expected a tuple of {S} states {names} for cell"
+                            f" {self.spec.name!r}, got {len(states)}")
+        return tuple(None if s is None else
+                     check_float_array(labels[k], self._as_native(labels[k], s),
+                                       self._state_shape(B), self.dtype)
+                     for k, s in enumerate(states))
 
     # ----------------------------------------------------------------- backward
-    def backward(self, dout, dh_n=None, truncate=None):
-        """BPTT through the last forward. Accumulates into ``grads``; returns (dx, dh0).
+    def backward(self, dout, dstate_n=None, truncate=None):
+        """BPTT through the last forward. Accumulates into ``grads``; returns (dx, dstate0).
 
-        dout: gradient w.r.t. out (its shape); dh_n: w.r.t. h_n, or (dh_n, dc_n) for LSTM,
-        or None for zero; truncate: None for full BPTT, or k to cut the recurrent gradient
-        every k steps (see gpurnn.reference). For LSTM dh0 is (dh0, dc0).
+        dout: gradient w.r.t. out (its shape); dstate_n: w.r.t. state_n (a tuple of S
+        entries, each None for zero; None for all zero); truncate: None for full BPTT, or k
+        to cut the recurrent gradient every k steps (see gpurnn.reference).
         """
-        if self._tape is None:
-            raise RuntimeError("backward: call forward first (there is no tape to differentiate)")
-        dx, dh0, grads = self.backward_tape(self._tape, dout, dh_n, truncate)
-        for name, g in grads.items():
-            self.grads[name] += g
-        return dx, dh0
+        return self._backward(dout, dstate_n, truncate)
 
-    def backward_tape(self, tape, dout, dh_n=None, truncate=None):
+    def backward_tape(self, tape, dout, dstate_n=None, truncate=None):
         """Functional backward through ``tape`` from ``forward_tape``.
 
-        Returns (dx, dh0, grads): as ``backward`` plus this call's parameter gradients
+        Returns (dx, dstate0, grads): as ``backward`` plus this call's parameter gradients
         (torch names), without touching ``self.grads``.
         """
+        return self._run_backward(tape, dout, dstate_n, truncate)
+
+    def _backward(self, dout, dstate_n, truncate, labels=None):
+        if self._tape is None:
+            raise RuntimeError("backward: call forward first (there is no tape to differentiate)")
+        dx, dstate0, grads = self._run_backward(self._tape, dout, dstate_n, truncate, labels)
+        for name, g in grads.items():
+            self.grads[name] += g
+        return dx, dstate0
+
+    def _run_backward(self, tape, dout, dstate_n, truncate, labels=None):
         if truncate is not None:
             truncate = check_positive_int("truncate", truncate)
         be, xp = self._backend, self._backend.xp
@@ -255,12 +287,13 @@ class RNNBase:
         check_float_array("dout", dout, expected, self.dtype)
         if self.batch_first:
             dout = xp.ascontiguousarray(dout.transpose(1, 0, 2))
-        dh_n, dc_n = self._check_state(dh_n, B)
+        dstate_n = self._check_state("dstate_n", dstate_n, B, labels)
         lengths = tape["lengths"]
+        S = self.spec.n_states
 
-        dh0 = [None] * (L * D)
-        dc0 = [None] * (L * D)
+        dstate0 = [[None] * (L * D) for _ in range(S)]
         grads = OrderedDict()
+        plans = [[None] * D for _ in range(L)]
         grad = dout
         for layer in range(L - 1, -1, -1):
             if tape["masks"][layer] is not None:
@@ -271,11 +304,12 @@ class RNNBase:
                 g_out = grad[:, :, d * H:(d + 1) * H]
                 g_out = xp.ascontiguousarray(g_out) if d == 0 else _reverse_within_length(xp, g_out, lengths)
                 g = be.backward(tape["tapes"][layer][d], g_out,
-                                None if dh_n is None else dh_n[k],
-                                None if dc_n is None else dc_n[k], truncate)
+                                tuple(None if s is None else s[k] for s in dstate_n), truncate)
                 dx = g.dx if d == 0 else _reverse_within_length(xp, g.dx, lengths)
                 dinput = dx if dinput is None else dinput + dx
-                dh0[k], dc0[k] = g.dh0, g.dc0
+                for s in range(S):
+                    dstate0[s][k] = g.dstate0[s]
+                plans[layer][d] = g.plan
                 tag = _tag(layer, d)
                 grads[f"weight_ih_{tag}"] = g.dw_ih
                 grads[f"weight_hh_{tag}"] = g.dw_hh
@@ -286,10 +320,9 @@ class RNNBase:
 
         dx = xp.ascontiguousarray(grad.transpose(1, 0, 2)) if self.batch_first else grad
         dx = be.to_user(dx, user_dout)
-        dh0 = be.to_user(xp.stack(dh0), user_dout)
-        if self.spec.has_cell_state:
-            dh0 = (dh0, be.to_user(xp.stack(dc0), user_dout))
-        return dx, dh0, grads
+        if self.last_plans is not None and tape is self._tape:
+            self.last_plans["backward"] = plans
+        return dx, tuple(be.to_user(xp.stack(v), user_dout) for v in dstate0), grads
 
 
 def _tag(layer, d):
@@ -314,6 +347,64 @@ def _reverse_within_length(xp, a, lengths):
     return a[xp.asarray(src), xp.asarray(np.arange(B))[None, :]]
 
 
+def _uniform(rng, bound, shape, dtype, chunk=1 << 20):
+    """U(-bound, bound) in ``dtype``, drawn in float64 chunks: the same numbers as one
+    ``rng.uniform(...).astype(dtype)`` call (the generator's stream is sequential) without a
+    float64 copy of the whole matrix."""
+    out = np.empty(int(np.prod(shape)), dtype)
+    for start in range(0, out.size, chunk):
+        part = out[start:start + chunk]
+        part[...] = rng.uniform(-bound, bound, part.size)
+    return out.reshape(shape)
+
+
+class RNNBase(Recurrent):
+    """torch's calling conventions over Recurrent: the state is one array h (RNN, GRU) or
+    the pair (h, c) (LSTM), as ``hx``; use RNN, LSTM or GRU."""
+
+    def _repr_extra(self):
+        return ""
+
+    def _to_states(self, what, hx):
+        if self.spec.n_states == 1:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"{what}: expected one array h0 for {type(self).__name__}, got a"
+                                f" {type(hx).__name__} of {len(hx)}")
+            return (hx,)
+        if hx is None:
+            return None
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"{what}: expected a tuple (h0, c0) for LSTM (either may be None),"
+                            f" got {type(hx).__name__}")
+        return tuple(hx)
+
+    def _from_states(self, states):
+        return states[0] if self.spec.n_states == 1 else tuple(states)
+
+    _FORWARD_LABELS, _BACKWARD_LABELS = ("h0", "c0"), ("dh_n", "dc_n")
+
+    def forward(self, x, hx=None, lengths=None):
+        """Returns (out, h_n), or (out, (h_n, c_n)) for LSTM."""
+        out, states = self._forward(x, self._to_states("hx", hx), lengths, self._FORWARD_LABELS)
+        return out, self._from_states(states)
+
+    def forward_tape(self, x, hx=None, lengths=None, *, params=None):
+        (out, states), tape = self._run_forward(x, self._to_states("hx", hx), lengths, params,
+                                                self._FORWARD_LABELS)
+        return (out, self._from_states(states)), tape
+
+    def backward(self, dout, dh_n=None, truncate=None):
+        """Returns (dx, dh0), or (dx, (dh0, dc0)) for LSTM; dh_n like hx."""
+        dx, dstate0 = self._backward(dout, self._to_states("dh_n", dh_n), truncate,
+                                     self._BACKWARD_LABELS)
+        return dx, self._from_states(dstate0)
+
+    def backward_tape(self, tape, dout, dh_n=None, truncate=None):
+        dx, dstate0, grads = self._run_backward(tape, dout, self._to_states("dh_n", dh_n),
+                                                truncate, self._BACKWARD_LABELS)
+        return dx, self._from_states(dstate0), grads
+
+
 class RNN(RNNBase):
     """Elman RNN, h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh); act tanh or relu."""
 
@@ -325,6 +416,9 @@ class RNN(RNNBase):
         self.nonlinearity = nonlinearity
         super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, backend, dtype, seed)
+
+    def __repr__(self):
+        return super().__repr__().replace(", bias=", f", nonlinearity={self.nonlinearity!r}, bias=", 1)
 
 
 class LSTM(RNNBase):
@@ -345,12 +439,16 @@ class GRU(RNNBase):
                          bidirectional, backend, dtype, seed)
 
 
+_TORCH_CLASSES = {"RNN_TANH": RNN, "RNN_RELU": RNN, "LSTM": LSTM, "GRU": GRU}
+
+
 def make_layer(cell, input_size, hidden_size, **kwargs):
-    """A layer by cell name ("rnn_tanh", "rnn_relu", "lstm", "gru"); kwargs as the classes."""
-    if cell in ("rnn_tanh", "rnn_relu"):
-        return RNN(input_size, hidden_size, nonlinearity=cell[4:], **kwargs)
-    if cell == "lstm":
-        return LSTM(input_size, hidden_size, **kwargs)
-    if cell == "gru":
-        return GRU(input_size, hidden_size, **kwargs)
-    raise ValueError(f"cell: expected one of ['rnn_tanh', 'rnn_relu', 'lstm', 'gru'], got {cell!r}")
+    """A layer stack by cell (a CellSpec or a registered name): the torch-style class for
+    torch's four cells (RNN / LSTM / GRU, their state conventions), Recurrent otherwise."""
+    spec = get_cell(cell)
+    cls = _TORCH_CLASSES.get(spec.torch_mode) if spec is get_cell(spec.name) else None
+    if cls is RNN:
+        return RNN(input_size, hidden_size, nonlinearity=spec.name[4:], **kwargs)
+    if cls is not None:
+        return cls(input_size, hidden_size, **kwargs)
+    return Recurrent(spec, input_size, hidden_size, **kwargs)

@@ -4,6 +4,10 @@ This is the oracle every kernel is tested against, so it is written plainly from
 equations (kernels_docs/cells.md), step by step, in whatever float dtype it is given,
 and shares no code with the kernels' cell math (gpurnn/cells.py).
 
+It covers the four torch cells (rnn_tanh, rnn_relu, lstm, gru: a spec whose ``reference``
+names one of them); any other cell runs on gpurnn.vectorised. The backend contract
+(gpurnn.contract) is implemented on top of it by gpurnn.backend.NumpyBackend.
+
 Shapes (T steps, B batch rows, I inputs, H hidden units, G gates: 1 RNN, 4 LSTM, 3 GRU):
     x        (T, B, I)     input
     w_ih     (G*H, I)      input weights, gates stacked in torch order
@@ -28,8 +32,10 @@ state is detached (gpurnn.tbptt).
 """
 import numpy as np
 
-from .backend import DirectionGrads
-from .cells import cell_spec
+from .contract import DirectionGrads
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")       # the cells written out below
+_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
 def _sigmoid(x):
@@ -41,35 +47,38 @@ def _split(a, n):
 
 
 def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths=None):
-    """Run one layer in one direction. Returns (out, h_n, c_n or None, tape)."""
-    spec = cell_spec(cell)
+    """Run one layer in one direction of ``cell`` (one of CELLS).
+    Returns (out, h_n, c_n or None, tape)."""
+    if cell not in CELLS:
+        raise ValueError(f"cell: the hand-written reference covers {CELLS}, got {cell!r}")
     T, B, _ = x.shape
     H = w_hh.shape[1]
     dtype = x.dtype
-    zero_bias = np.zeros(spec.n_gates * H, dtype)
+    has_c = cell == "lstm"
+    zero_bias = np.zeros(_GATES[cell] * H, dtype)
     b_ih = zero_bias if b_ih is None else b_ih
     b_hh = zero_bias if b_hh is None else b_hh
     h = np.zeros((B, H), dtype) if h0 is None else np.array(h0, dtype)
     c = None
-    if spec.has_cell_state:
+    if has_c:
         c = np.zeros((B, H), dtype) if c0 is None else np.array(c0, dtype)
     steps = np.arange(T)[:, None]
     valid = steps < (np.full(B, T) if lengths is None else np.asarray(lengths))[None, :]
 
     out = np.zeros((T, B, H), dtype)
-    tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, valid=valid,
+    tape = dict(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, valid=valid,
                 has_bias=(b_ih is not zero_bias, b_hh is not zero_bias), steps=[])
     for t in range(T):
         ax = x[t] @ w_ih.T + b_ih
         ah = h @ w_hh.T + b_hh
         step = dict(h_prev=h, c_prev=c)
-        if spec.name == "rnn_tanh":
+        if cell == "rnn_tanh":
             h_new = np.tanh(ax + ah)
             c_new = None
-        elif spec.name == "rnn_relu":
+        elif cell == "rnn_relu":
             h_new = np.maximum(ax + ah, 0)
             c_new = None
-        elif spec.name == "lstm":
+        elif cell == "lstm":
             ai, af, ag, ao = _split(ax + ah, 4)
             i, f, g, o = _sigmoid(ai), _sigmoid(af), np.tanh(ag), _sigmoid(ao)
             c_new = f * c + i * g
@@ -94,7 +103,8 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths
 
 
 def backward(tape, dout, dh_n=None, dc_n=None, truncate=None):
-    """BPTT through a forward's tape. Returns DirectionGrads (see gpurnn.backend).
+    """BPTT through a forward's tape. Returns DirectionGrads (gpurnn.contract) whose
+    dstate0 is (dh0,) or (dh0, dc0) for LSTM.
 
     dout (T, B, H) gradient of the loss w.r.t. out; dh_n, dc_n (B, H) w.r.t. the final
     state (None means zero); truncate: None or k >= 1.
@@ -158,6 +168,6 @@ def backward(tape, dout, dh_n=None, dc_n=None, truncate=None):
             dc = np.where(m, dc_prev, dc)
 
     has_b_ih, has_b_hh = tape["has_bias"]
-    return DirectionGrads(dx=dx, dh0=dh, dc0=dc, dw_ih=dw_ih, dw_hh=dw_hh,
+    return DirectionGrads(dx=dx, dstate0=(dh,) if dc is None else (dh, dc), dw_ih=dw_ih, dw_hh=dw_hh,
                           db_ih=db_ih if has_b_ih else None,
                           db_hh=db_hh if has_b_hh else None)

@@ -3,7 +3,8 @@ import numpy as np
 
 import gpurnn
 
-ALL_CELLS = tuple(gpurnn.cells.CELLS)
+ALL_CELLS = gpurnn.cells.TORCH_CELLS       # torch's four: the torch-style RNN/LSTM/GRU API
+EVERY_CELL = tuple(gpurnn.cells.names())   # every registered cell (gpurnn.Recurrent)
 
 
 def make_model(cell, input_size, hidden_size, **kw):
@@ -11,7 +12,7 @@ def make_model(cell, input_size, hidden_size, **kw):
 
 
 def is_lstm(model):
-    return model.spec.has_cell_state
+    return model.spec.n_states == 2
 
 
 def random_state(model, rng, batch, dtype=None):

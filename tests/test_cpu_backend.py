@@ -58,7 +58,7 @@ def random_inputs(model, rng, with_state):
     dtype, LD = model.dtype, model.num_layers * model.num_directions
     x_shape = (B, T, I) if model.batch_first else (T, B, I)
     out_shape = (B, T, model.num_directions * H) if model.batch_first else (T, B, model.num_directions * H)
-    n_states = 2 if model.spec.has_cell_state else 1
+    n_states = model.spec.n_states
 
     def states():
         parts = tuple(rng.standard_normal((LD, B, H)).astype(dtype) for _ in range(n_states))

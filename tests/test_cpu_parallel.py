@@ -60,7 +60,8 @@ def test_split_matches_reference(cell, batch, threads, plan, dtype, rng, split_s
         dx, dstate = model.backward(dout, truncate=4)
         results.append([out, dx, *np.atleast_1d(state if n_states == 1 else state),
                         *(g.copy() for g in model.grads.values())])
-    assert backend.last_plan == {"forward": plan, "backward": plan}
+    for direction_plans in cpu.last_plans.values():        # forward and backward
+        assert [p["split"] for layer in direction_plans for p in layer] == [plan] * 4
     for got, want in zip(*results):
         assert rel_err(got, want) <= TOLERANCE[dtype]
 
@@ -156,7 +157,7 @@ def test_default_threads_follow_numba(split_small_shapes):
             numba.set_num_threads(n)
             assert recurrence_threads() == n
             model(np.zeros((3, 1, 8), np.float32))
-            assert model.backend_impl.last_plan["forward"] == ("units", n)
+            assert model.last_plans["forward"][0][0]["split"] == ("units", n)
     finally:
         numba.set_num_threads(saved)
 
@@ -197,7 +198,7 @@ def test_split_backward_twice_on_one_tape(batch, rng, split_small_shapes):
     first, _ = model.backward(dout)
     grads = {k: g.copy() for k, g in model.grads.items()}
     again, _ = model.backward(dout)
-    assert model.backend_impl.last_plan["backward"][1] == 2
+    assert model.last_plans["backward"][0][0]["split"][1] == 2
     np.testing.assert_array_equal(again, first)
     for k, g in model.grads.items():
         np.testing.assert_allclose(g, 2 * grads[k], rtol=1e-14, atol=0)

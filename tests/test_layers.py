@@ -236,7 +236,7 @@ def test_bad_backward_input(rng):
     model(rng.standard_normal((4, 3, 5)))
     with pytest.raises(ValueError, match=r"dout: expected shape \(4, 3, 6\), got \(4, 3, 5\)"):
         model.backward(np.zeros((4, 3, 5)))
-    with pytest.raises(ValueError, match=r"h0: expected shape \(1, 3, 6\), got \(3, 6\)"):
+    with pytest.raises(ValueError, match=r"dh_n: expected shape \(1, 3, 6\), got \(3, 6\)"):
         model.backward(np.zeros((4, 3, 6)), np.zeros((3, 6)))
     with pytest.raises(ValueError, match="truncate: expected an integer >= 1, got 0"):
         model.backward(np.zeros((4, 3, 6)), truncate=0)

@@ -7,8 +7,11 @@ Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_h
   backward  backward_part(...)                   reverse steps, njit fused cell + dgh W_hh
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
 
-The tape keeps the gate activations (in the gx buffer, overwritten in place), the state
-sequences h_seq/c_seq (T+1, B, H) and, for GRU, ah_n (T, B, H); ``tape_nbytes`` sums them.
+Any registered cell (gpurnn.cells): its generated scalar forward/backward are fused into
+the row functions (gpurnn.cpu.rows). The tape keeps the cell's V saved values (the first G
+in the gx buffer, overwritten in place; the rest in ``aux`` (T, B, (V-G)*H)) and the state
+sequences ``st`` (S, T+1, B, H); ``tape_nbytes`` sums them. LSTM saves i, f, g, o; GRU r,
+z, n and its recurrent candidate part; the Elman RNNs nothing (their backward needs only h).
 
 Threading (kernels_docs/cpu.md): ``threads`` (default: numba.get_num_threads(), at most the
 cores this process may use) parts, one per thread, each running its share of the GEMMs and
@@ -16,12 +19,12 @@ of the recurrence (kernels.Plan: hidden units for B <= 8, batch rows above), wit
 to one thread per part while they run, so no BLAS worker threads are woken. One BLAS
 library, NumPy's: no njit code calls np.dot, which would use SciPy's bundled OpenBLAS (two
 pools of busy-waiting workers on the same cores cost the training step 2.3x at 2 threads,
-106 vs 46 ms, RESULTS_cpu.md Tuning log 8). ``last_plan`` says how the last call split.
+106 vs 46 ms, RESULTS_cpu.md Tuning log 8). tape["plan"] (and the backward's
+DirectionGrads.plan) says how each call split.
 """
 import numpy as np
 
-from ..backend import DirectionGrads
-from ..cells import cell_spec
+from ..contract import DirectionGrads
 
 
 # The forward's per-step BLAS product in the transposed orientation (ghT = W_hh @ h^T,
@@ -47,7 +50,6 @@ class CpuBackend:
             raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
         self.poison = bool(poison)
         self.threads = threads
-        self.last_plan = None     # e.g. {"forward": ("units", 2), "backward": ("units", 2)}
 
     def _threads(self):
         from .parallel import recurrence_threads
@@ -80,92 +82,85 @@ class CpuBackend:
         return buf
 
     # ------------------------------------------------------------------ forward
-    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
+    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
         from .kernels import Plan, gemm, recurrence_kernels, transpose
-        spec = cell_spec(cell)
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
         T, B, I = x.shape
         GH, H = w_hh.shape
+        S, V, G = spec.n_states, spec.n_saves, spec.n_gates
         dtype = x.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
         plan = Plan(T, B, H, GH, self._threads())
 
-        gx = self._empty((T, B, GH), dtype)
+        gx = self._empty((T, B, GH), dtype)        # X W_ih^T, then saves 0..G-1 in place
         bias = np.zeros((2, GH), dtype)            # b_ih, b_hh: added in the fused cell pass
         for row, vector in enumerate((b_ih, b_hh)):
             if vector is not None:
                 bias[row] = vector
-        h_seq = self._empty((T + 1, B, H), dtype)
-        h_seq[0] = 0 if h0 is None else h0
-        c_seq = self._empty((T + 1, B, H if spec.has_cell_state else 0), dtype)
-        c_seq[0] = 0 if c0 is None or not spec.has_cell_state else c0
-        aux = self._empty((T, B, H if spec.name == "gru" else 0), dtype)
+        st = self._empty((S, T + 1, B, H), dtype)  # state sequences; st[:, 0] = state0
+        for s, value in enumerate(state0):
+            st[s, 0] = 0 if value is None else value
+        aux = self._empty((T, B, max(V - G, 0) * H), dtype)   # saves G..V-1
         out = self._empty((T, B, H), dtype)
         w_hh_t = None                              # W_hh^T for BLAS-step products (kept in the
         if plan.kind == "rows":                    # tape for the backward's)
             w_hh_t = self._empty((H, GH), dtype)
             transpose(w_hh, w_hh_t)
-        forward_part, _ = recurrence_kernels(spec.name, dtype.name)
+        forward_part, _ = recurrence_kernels(spec, dtype.name)
         x2, gx2 = x.reshape(T * B, I), gx.reshape(T * B, GH)
 
         def part(p):
             gemm(x2, w_ih.T, gx2, p, plan.nparts)              # gx = X W_ih^T, by rows
             plan.meet(p)
-            forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, h_seq, c_seq, aux, out,
-                         TRANSPOSED_FWD)
+            forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out, TRANSPOSED_FWD)
         plan.run(part)
-        self.last_plan = {"forward": plan.describe()}
 
-        keeps_acts = spec.name in ("lstm", "gru")    # RNN's backward needs only h
-        tape = dict(cell=spec.name, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
-                    acts=gx if keeps_acts else np.empty((T, B, 0), dtype),
-                    h_seq=h_seq, c_seq=c_seq, aux=aux, plan=plan,
-                    has_bias=(b_ih is not None, b_hh is not None))
-        c_n = c_seq[T].copy() if spec.has_cell_state else None
-        return out, h_seq[T].copy(), c_n, tape
+        tape = dict(spec=spec, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
+                    acts=gx if V else np.empty((T, B, 0), dtype),   # a cell saving nothing
+                    st=st, aux=aux, plan_split=plan,                # keeps no gx
+                    plan={"split": plan.describe()}, has_bias=(b_ih is not None, b_hh is not None))
+        return out, tuple(st[s, T].copy() for s in range(S)), tape
 
     # ------------------------------------------------------------------ backward
-    def backward(self, tape, dout, dh_n, dc_n, truncate):
+    def backward(self, tape, dout, dstate_n, truncate):
         from .kernels import gemm, recurrence_kernels
-        cell, x, w_ih, w_hh = tape["cell"], tape["x"], tape["w_ih"], tape["w_hh"]
-        h_seq, c_seq = tape["h_seq"], tape["c_seq"]
+        spec, x, w_ih, w_hh, st = (tape[k] for k in ("spec", "x", "w_ih", "w_hh", "st"))
         T, B, I = x.shape
         GH, H = w_hh.shape
         dtype = x.dtype
-        has_c = c_seq.shape[2] > 0
 
-        dh = self._state(dh_n, (B, H), dtype)
-        dc = self._state(dc_n if has_c else None, (B, c_seq.shape[2]), dtype)
+        ds = self._empty((spec.n_states, B, H), dtype)      # carried dL/d state
+        for s, value in enumerate(dstate_n):
+            ds[s] = 0 if value is None else value
         dgx = self._empty((T, B, GH), dtype)
-        dgh = self._empty((T, B, GH), dtype) if cell == "gru" else dgx
+        dgh = dgx if spec.all_tied else self._empty((T, B, GH), dtype)
         dx = self._empty((T, B, I), dtype)
         dw_ih = self._empty((GH, I), dtype)
         dw_hh = self._empty((GH, H), dtype)
         dout = np.ascontiguousarray(dout, dtype)
         truncate = 0 if truncate is None else int(truncate)
-        plan = tape["plan"].for_backward(dtype)
-        _, backward_part = recurrence_kernels(cell, dtype.name)
+        plan = tape["plan_split"].for_backward(dtype)
+        _, backward_part = recurrence_kernels(spec, dtype.name)
         dgx2, dgh2, x2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH), x.reshape(T * B, I)
-        h_prev2 = h_seq[:T].reshape(T * B, H)
+        h_prev2 = st[0, :T].reshape(T * B, H)
 
         def part(p):
-            backward_part(plan, p, tape["acts"], h_seq, c_seq, tape["aux"], w_hh, tape["w_hh_t"],
-                          tape["lengths"], truncate, dout, dh, dc, dgx, dgh)
+            backward_part(plan, p, tape["acts"], st, tape["aux"], w_hh, tape["w_hh_t"],
+                          tape["lengths"], truncate, dout, ds, dgx, dgh)
             plan.meet(p)
             gemm(dgx2, w_ih, dx.reshape(T * B, I), p, plan.nparts)   # dX = dG_x W_ih
             gemm(dgx2.T, x2, dw_ih, p, plan.nparts)                  # dW_ih = dG_x^T X
             gemm(dgh2.T, h_prev2, dw_hh, p, plan.nparts)             # dW_hh = dG_h^T H_prev
         plan.run(part)
-        self.last_plan = dict(self.last_plan or {}, backward=plan.describe())
         has_b_ih, has_b_hh = tape["has_bias"]
         db_ih = dgx2.sum(0) if has_b_ih else None
         db_hh = None
-        if has_b_hh:    # LSTM/RNN: dgh is dgx, whose column sums db_ih already holds
+        if has_b_hh:    # every gate tied: dgh is dgx, whose column sums db_ih already holds
             db_hh = db_ih.copy() if dgh is dgx and db_ih is not None else dgh2.sum(0)
-        return DirectionGrads(dx=dx, dh0=dh, dc0=dc if has_c else None, dw_ih=dw_ih, dw_hh=dw_hh,
-                              db_ih=db_ih, db_hh=db_hh)
+        return DirectionGrads(dx=dx, dstate0=tuple(ds), dw_ih=dw_ih, dw_hh=dw_hh,
+                              db_ih=db_ih, db_hh=db_hh, plan={"split": plan.describe()})
 
 
 def tape_nbytes(tape):
     """Bytes the backend allocated and keeps for the backward (x and weights excluded)."""
-    return sum(tape[k].nbytes for k in ("acts", "h_seq", "c_seq", "aux"))
+    return sum(tape[k].nbytes for k in ("acts", "st", "aux"))

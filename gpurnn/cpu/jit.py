@@ -15,10 +15,12 @@ def stable_jit(key, **options):
     other dispatchers, which pickle with a random per-process uuid, so every new process
     would miss the cache and recompile (~4 s per kernel). Giving each dispatcher a uuid
     derived from what it is (module, cell, dtype, function name) makes the key stable; the
-    pickle still holds the functions' code, so editing cells.py invalidates the cache.
+    pickle still holds the functions' code, so editing a cell invalidates the cache.
+    Generated functions (exec'd, no source file) pass cache=False and inline="always": they
+    are compiled, and cached, as part of their file-backed callers.
     """
     def decorate(fn):
-        dispatcher = numba.njit(fn, **_OPTIONS, **options)
+        dispatcher = numba.njit(fn, **{**_OPTIONS, **options})
         try:
             dispatcher._set_uuid(f"gpurnn.cpu:{key}:{fn.__qualname__}")
         except (AttributeError, AssertionError):   # Numba internals changed: cache misses only

@@ -73,136 +73,39 @@ import functools
 
 import numpy as np
 
-from ..cells import make_cell_math
-from . import fastmath
+from ..cells.codegen import exec_source, scalar_namespace
+from . import fastmath, rows
 from .jit import stable_jit
 from .parallel import recurrence_threads, run_parts, single_threaded_blas
 from .sync import abort, barrier, meet, new_flags
 
 
 @functools.lru_cache(maxsize=None)
-def cell_math(dtype_name):
-    """The shared cell math compiled for the CPU, with this dtype's fastest exp/tanh."""
+def cell_ops(dtype_name):
+    """The graph ops (gpurnn.cells.codegen) compiled for the CPU, with this dtype's fastest
+    exp/tanh: the vectorisable polynomials for float32 (libm calls stop LLVM vectorising
+    the unit loop), libm for float64."""
     if dtype_name == "float32":
         exp, tanh = fastmath.exp_f32, fastmath.tanh_f32
     else:
         exp, tanh = np.exp, np.tanh
-    return make_cell_math(dtype_name, exp=exp, tanh=tanh,
-                          jit=stable_jit(f"cells:{dtype_name}", inline="always"))
+    return scalar_namespace(dtype_name, exp=exp, tanh=tanh, log=np.log, log1p=np.log1p,
+                            jit=stable_jit(f"cellops:{dtype_name}", inline="always"))
 
 
 # --------------------------------------------------------------------------- row kernels
-# One (step, batch row) of a cell, hidden units u0..u1-1: a single fused pass. All cells
-# share two signatures so that the step loops below are written once:
-#   forward  (gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1)                 rows of the forward's arrays
-#            (gh holds just these units' G gate blocks, each u1-u0 long: the product of one part)
-#   backward (dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1) rows of the backward's
-# The backward row leaves in dh the part of dh_{t-1} that bypasses W_hh, and in dc dc_{t-1}.
-# Gate blocks are taken as views and indexed by the loop counter alone: an index such as
-# ``2 * H + j`` gets Numba's negative-index wraparound, which stops LLVM from vectorising
-# the loop (measured 51 ns vs 2.8 ns per LSTM unit).
-
-@stable_jit("views", inline="always")
-def _gate_views3(a, H, u0, u1):
-    return a[u0:u1], a[H + u0:H + u1], a[2 * H + u0:2 * H + u1]
-
-
-@stable_jit("views", inline="always")
-def _gate_views4(a, H, u0, u1):
-    return a[u0:u1], a[H + u0:H + u1], a[2 * H + u0:2 * H + u1], a[3 * H + u0:3 * H + u1]
-
-
-def _rnn_rows(key, act_fwd, act_bwd):
-    @stable_jit(key)
-    def forward_row(gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1):
-        x, r, bx, bh, h_ = gx[u0:u1], gh[:u1 - u0], bias[0, u0:u1], bias[1, u0:u1], h[u0:u1]
-        for j in range(u1 - u0):
-            h_[j] = act_fwd(x[j] + bx[j] + r[j] + bh[j])
-
-    @stable_jit(key)
-    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
-        do, dh_, h_, da = dout[u0:u1], dh[u0:u1], h[u0:u1], dgx[u0:u1]
-        for j in range(u1 - u0):
-            da[j] = act_bwd(dh_[j] + do[j], h_[j])
-            dh_[j] = 0
-
-    return forward_row, backward_row
-
-
-def _lstm_rows(key, cm):
-    lstm_fwd, lstm_bwd = cm.lstm_fwd, cm.lstm_bwd
-
-    @stable_jit(key)
-    def forward_row(gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1):
-        H = h.shape[0]
-        xi, xf, xg, xo = _gate_views4(gx, H, u0, u1)   # in: x-side pre-activations; out: i, f, g, o
-        hi, hf, hg, ho = _gate_views4(gh, u1 - u0, 0, u1 - u0)
-        bxi, bxf, bxg, bxo = _gate_views4(bias[0], H, u0, u1)
-        bhi, bhf, bhg, bho = _gate_views4(bias[1], H, u0, u1)
-        cp, c_, h_ = c_prev[u0:u1], c[u0:u1], h[u0:u1]
-        for j in range(u1 - u0):
-            i, f, g, o, c_[j], h_[j] = lstm_fwd(xi[j] + bxi[j] + hi[j] + bhi[j],
-                                                xf[j] + bxf[j] + hf[j] + bhf[j],
-                                                xg[j] + bxg[j] + hg[j] + bhg[j],
-                                                xo[j] + bxo[j] + ho[j] + bho[j], cp[j])
-            xi[j], xf[j], xg[j], xo[j] = i, f, g, o
-
-    @stable_jit(key)
-    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
-        H = h.shape[0]
-        i, f, g, o = _gate_views4(acts, H, u0, u1)
-        di, df, dg, do = _gate_views4(dgx, H, u0, u1)
-        dout_, dh_, dc_, c_, cp = dout[u0:u1], dh[u0:u1], dc[u0:u1], c[u0:u1], c_prev[u0:u1]
-        for j in range(u1 - u0):
-            di[j], df[j], dg[j], do[j], dc_[j] = lstm_bwd(dh_[j] + dout_[j], dc_[j], i[j], f[j], g[j],
-                                                          o[j], c_[j], cp[j])
-            dh_[j] = 0
-
-    return forward_row, backward_row
-
-
-def _gru_rows(key, cm):
-    gru_fwd, gru_bwd = cm.gru_fwd, cm.gru_bwd
-
-    @stable_jit(key)
-    def forward_row(gx, gh, bias, h_prev, c_prev, h, c, aux, u0, u1):
-        H = h.shape[0]
-        xr, xz, xn = _gate_views3(gx, H, u0, u1)      # in: x-side pre-activations; out: r, z, n
-        hr, hz, hn = _gate_views3(gh, u1 - u0, 0, u1 - u0)
-        bxr, bxz, bxn = _gate_views3(bias[0], H, u0, u1)
-        bhr, bhz, bhn = _gate_views3(bias[1], H, u0, u1)
-        hp, h_, ahn = h_prev[u0:u1], h[u0:u1], aux[u0:u1]
-        for j in range(u1 - u0):
-            ahn[j] = hn[j] + bhn[j]                   # ah_n, kept for the backward
-            r, z, n, h_[j] = gru_fwd(xr[j] + bxr[j] + hr[j] + bhr[j], xz[j] + bxz[j] + hz[j] + bhz[j],
-                                     xn[j] + bxn[j], ahn[j], hp[j])
-            xr[j], xz[j], xn[j] = r, z, n
-
-    @stable_jit(key)
-    def backward_row(dout, dh, dc, acts, h_prev, h, c_prev, c, aux, dgx, dgh, u0, u1):
-        H = h.shape[0]
-        r, z, n = _gate_views3(acts, H, u0, u1)
-        dxr, dxz, dxn = _gate_views3(dgx, H, u0, u1)
-        dhr, dhz, dhn = _gate_views3(dgh, H, u0, u1)
-        dout_, dh_, ahn, hp = dout[u0:u1], dh[u0:u1], aux[u0:u1], h_prev[u0:u1]
-        for j in range(u1 - u0):
-            dar, daz, dxn[j], dhn[j], dh_[j] = gru_bwd(dh_[j] + dout_[j], r[j], z[j], n[j], ahn[j], hp[j])
-            dxr[j], dxz[j] = dar, daz
-            dhr[j], dhz[j] = dar, daz
-
-    return forward_row, backward_row
-
-
-def _cell_rows(key, cell, cm):
-    if cell == "rnn_tanh":
-        return _rnn_rows(key, cm.rnn_tanh_fwd, cm.rnn_tanh_bwd)
-    if cell == "rnn_relu":
-        return _rnn_rows(key, cm.rnn_relu_fwd, cm.rnn_relu_bwd)
-    if cell == "lstm":
-        return _lstm_rows(key, cm)
-    if cell == "gru":
-        return _gru_rows(key, cm)
-    raise ValueError(f"cell: expected one of rnn_tanh, rnn_relu, lstm, gru, got {cell!r}")
+def _cell_rows(spec, dtype_name):
+    """forward_row / backward_row of a cell (gpurnn.cpu.rows), compiled with the cell's
+    generated scalar math for this dtype; inline: cached on disk as part of the loops."""
+    key = f"{spec.name}:{spec.key}:{dtype_name}"
+    cell_forward, cell_backward = spec.compile("cpu", dtype_name, cell_ops(dtype_name))
+    namespace = {"cell_forward": stable_jit(f"cell:{key}", cache=False, inline="always")(cell_forward),
+                 "cell_backward": stable_jit(f"cell:{key}", cache=False, inline="always")(cell_backward)}
+    src = rows.row_source(spec)
+    filename = f"<gpurnn rows {key}>"
+    row_jit = stable_jit(f"rows:{key}", cache=False, inline="always")
+    return tuple(row_jit(exec_source(src, namespace, filename, name))
+                 for name in ("forward_row", "backward_row"))
 
 
 # --------------------------------------------------------------------------- products
@@ -265,34 +168,34 @@ def _transpose_into(src, dst):
 # --------------------------------------------------------------------------- step loops
 def _step_loops(key, forward_row, backward_row):
     @stable_jit(key, inline="always")
-    def fwd_rows(t, b0, b1, u0, u1, gx, gh, bias, lengths, h_seq, c_seq, aux, out):
+    def fwd_rows(t, b0, b1, u0, u1, gx, gh, bias, lengths, st, aux, out):
         """Step t, rows b0..b1-1 (their products in gh[b - b0]), units u0..u1-1."""
+        H = st.shape[3]
         for b in range(b0, b1):
             if t < lengths[b]:
-                forward_row(gx[t, b], gh[b - b0], bias, h_seq[t, b], c_seq[t, b],
-                            h_seq[t + 1, b], c_seq[t + 1, b], aux[t, b], u0, u1)
-                out[t, b, u0:u1] = h_seq[t + 1, b, u0:u1]
+                forward_row(gx[t, b], gh[b - b0], bias, st, t, b, aux[t, b], u0, u1)
+                out[t, b, u0:u1] = st[0, t + 1, b, u0:u1]
             else:   # past this row's length: carry the state, output zeros
-                h_seq[t + 1, b, u0:u1] = h_seq[t, b, u0:u1]
-                c_seq[t + 1, b, u0:u1] = c_seq[t, b, u0:u1]
-                aux[t, b, u0:u1] = 0
+                for s in range(st.shape[0]):
+                    st[s, t + 1, b, u0:u1] = st[s, t, b, u0:u1]
+                for a in range(aux.shape[2] // H):
+                    aux[t, b, a * H + u0:a * H + u1] = 0
                 out[t, b, u0:u1] = 0
 
     @stable_jit(key, inline="always")
-    def bwd_rows(t, b0, b1, u0, u1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc,
-                 dgx, dgh):
+    def bwd_rows(t, b0, b1, u0, u1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh):
         """Step t, rows b0..b1-1, units u0..u1-1 (and their G gate columns in dgx/dgh)."""
-        T, H = acts.shape[0], h_seq.shape[2]
+        T, H = dgx.shape[0], st.shape[3]
         if truncate > 0 and t + 1 < T and (t + 1) % truncate == 0:
             for b in range(b0, b1):
                 if t + 1 < lengths[b]:   # step t+1 was real: drop what it sends back
-                    dh[b, u0:u1] = 0
-                    dc[b, u0:u1] = 0
+                    for s in range(ds.shape[0]):
+                        ds[s, b, u0:u1] = 0
         for b in range(b0, b1):
             if t < lengths[b]:
-                backward_row(dout[t, b], dh[b], dc[b], acts[t, b], h_seq[t, b], h_seq[t + 1, b],
-                             c_seq[t, b], c_seq[t + 1, b], aux[t, b], dgx[t, b], dgh[t, b], u0, u1)
-            else:   # no gradient past the length; dh/dc pass through unchanged
+                backward_row(dout[t, b], ds, acts[t, b], aux[t, b], st, t, b, dgx[t, b],
+                             dgh[t, b], u0, u1)
+            else:   # no gradient past the length; ds passes through unchanged
                 for g in range(dgx.shape[2] // H):
                     dgx[t, b, g * H + u0:g * H + u1] = 0
                     dgh[t, b, g * H + u0:g * H + u1] = 0
@@ -300,12 +203,12 @@ def _step_loops(key, forward_row, backward_row):
     # ---- small products (B <= 8): the whole loop in one njit call per part; the parts
     # split the hidden units, meeting at a spin barrier once per step
     @stable_jit(key, nogil=True)
-    def forward_small(part, nparts, flags, gx, w_hh, w, bias, lengths, h_seq, c_seq, aux, out):
+    def forward_small(part, nparts, flags, gx, w_hh, w, bias, lengths, st, aux, out):
         """Part ``part`` of ``nparts``: packs the W_hh^T columns of its units' G gates into
         ``w`` (Plan.weight_copy: 1/nparts of W_hh, which then stays in this core's L2 cache),
         then per step their products h_{t-1} @ W_hh^T and the fused cell; the barrier
         publishes h_t to the other parts."""
-        T, B, H = gx.shape[0], gx.shape[1], h_seq.shape[2]
+        T, B, H = gx.shape[0], gx.shape[1], st.shape[3]
         u0, u1 = _unit_range(part, nparts, H)
         n = u1 - u0
         G = gx.shape[2] // H
@@ -319,19 +222,19 @@ def _step_loops(key, forward_row, backward_row):
         for t in range(T):
             for b in range(B):
                 gh[b, :] = 0
-                _accumulate_product(h_seq[t, b], w, 0, gh[b])
-            fwd_rows(t, 0, B, u0, u1, gx, gh, bias, lengths, h_seq, c_seq, aux, out)
+                _accumulate_product(st[0, t, b], w, 0, gh[b])
+            fwd_rows(t, 0, B, u0, u1, gx, gh, bias, lengths, st, aux, out)
             barrier(flags, part, nparts, t + 1)
 
     @stable_jit(key, nogil=True)
-    def backward_small(part, nparts, flags, acts, h_seq, c_seq, aux, w_hh, w, lengths, truncate,
-                       dout, dh, dc, dgx, dgh, partial):
+    def backward_small(part, nparts, flags, acts, st, aux, w_hh, w, lengths, truncate, dout, ds,
+                       dgx, dgh, partial):
         """Part ``part`` of ``nparts``: copies its units' G gate rows of W_hh into ``w``
         (Plan.weight_copy: contiguous, aligned), then per step the cell backward for its units
         and its share of dh_{t-1} = dgh[t] @ W_hh over those rows into partial[t % 2, part] (B, H);
         after the barrier each part adds all parts' shares for its own units. Two partial
         buffers, alternating, so one barrier per step suffices."""
-        T, B, H = acts.shape[0], acts.shape[1], h_seq.shape[2]
+        T, B, H = dgx.shape[0], dgx.shape[1], st.shape[3]
         u0, u1 = _unit_range(part, nparts, H)
         n = u1 - u0
         G = dgx.shape[2] // H
@@ -339,8 +242,7 @@ def _step_loops(key, forward_row, backward_row):
         for g in range(G):
             w[g * n:(g + 1) * n] = w_hh[g * H + u0:g * H + u1]
         for t in range(T - 1, -1, -1):
-            bwd_rows(t, 0, B, u0, u1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc,
-                     dgx, dgh)
+            bwd_rows(t, 0, B, u0, u1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh)
             share = partial[t % 2, part]
             for b in range(B):
                 share[b, :] = 0
@@ -351,77 +253,73 @@ def _step_loops(key, forward_row, backward_row):
             for b in range(B):
                 if t < lengths[b]:
                     for q in range(nparts):
-                        dh[b, u0:u1] += partial[t % 2, q, b, u0:u1]
+                        ds[0, b, u0:u1] += partial[t % 2, q, b, u0:u1]
 
     # ---- BLAS products (B > 8): a Python time loop per part, one BLAS call and one njit
     # call per step; the parts split the batch rows and never meet
     @stable_jit(key, nogil=True)
-    def forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, h_seq, c_seq, aux, out):
+    def forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, st, aux, out):
         """One forward step of rows b0..b1-1 after BLAS wrote their product (ghT, or gh)."""
         if transposed:
             _transpose_into(ghT, gh)
-        fwd_rows(t, b0, b1, 0, h_seq.shape[2], gx, gh, bias, lengths, h_seq, c_seq, aux, out)
+        fwd_rows(t, b0, b1, 0, st.shape[3], gx, gh, bias, lengths, st, aux, out)
 
     @stable_jit(key, nogil=True)
-    def backward_step(t, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
-                      dh_rec, dh_recT):
-        """First adds step t+1's product dh_recT (BLAS, (H, b1-b0)) into dh for the rows
+    def backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
+                      dh_recT):
+        """First adds step t+1's product dh_recT (BLAS, (H, b1-b0)) into ds[0] for the rows
         where step t+1 was real (none when t = T-1), then step t's rows (none when t = -1)."""
-        if t + 1 < acts.shape[0]:
+        if t + 1 < dgx.shape[0]:
             _transpose_into(dh_recT, dh_rec)
             for b in range(b0, b1):
                 if t + 1 < lengths[b]:
-                    dh[b, :] += dh_rec[b - b0]
+                    ds[0, b, :] += dh_rec[b - b0]
         if t >= 0:
-            bwd_rows(t, b0, b1, 0, h_seq.shape[2], truncate, acts, h_seq, c_seq, aux, lengths, dout,
-                     dh, dc, dgx, dgh)
+            bwd_rows(t, b0, b1, 0, st.shape[3], truncate, acts, st, aux, lengths, dout, ds, dgx,
+                     dgh)
 
-    def forward_rows_part(b0, b1, gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux, out,
-                          transposed):
+    def forward_rows_part(b0, b1, gx, w_hh, w_hh_t, bias, lengths, st, aux, out, transposed):
         GH, n = w_hh.shape[0], b1 - b0
         gh, ghT = np.empty((n, GH), gx.dtype), np.empty((GH, n), gx.dtype)
         matmul = np.matmul
         for t in range(gx.shape[0]):
             if transposed:
-                matmul(w_hh, h_seq[t, b0:b1].T, out=ghT)
+                matmul(w_hh, st[0, t, b0:b1].T, out=ghT)
             else:
-                matmul(h_seq[t, b0:b1], w_hh_t, out=gh)
-            forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, h_seq, c_seq, aux, out)
+                matmul(st[0, t, b0:b1], w_hh_t, out=gh)
+            forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, st, aux, out)
 
-    def backward_rows_part(b0, b1, acts, h_seq, c_seq, aux, w_hh_t, lengths, truncate, dout, dh, dc,
-                           dgx, dgh):
+    def backward_rows_part(b0, b1, acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx, dgh):
         T, H, n = dgx.shape[0], w_hh_t.shape[0], b1 - b0
         dh_rec, dh_recT = np.empty((n, H), dgx.dtype), np.empty((H, n), dgx.dtype)
         matmul = np.matmul
         for t in range(T - 1, -1, -1):
-            backward_step(t, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx,
-                          dgh, dh_rec, dh_recT)
+            backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
+                          dh_recT)
             matmul(w_hh_t, dgh[t, b0:b1].T, out=dh_recT)    # dh_rec^T = W_hh^T dgh[t]^T
-        backward_step(-1, b0, b1, truncate, acts, h_seq, c_seq, aux, lengths, dout, dh, dc, dgx, dgh,
-                      dh_rec, dh_recT)
+        backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
+                      dh_recT)
 
     # ---- one part of a split recurrence (plan: a Plan, see below)
-    def forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux, out,
-                     transposed):
+    def forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, st, aux, out, transposed):
         """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
         if plan.kind == "units":
             forward_small(part, plan.nparts, plan.step_flags, gx, w_hh,
-                          plan.weight_copy(part, "columns", gx.dtype), bias, lengths, h_seq, c_seq,
-                          aux, out)
+                          plan.weight_copy(part, "columns", gx.dtype), bias, lengths, st, aux, out)
         else:
-            forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, bias, lengths, h_seq, c_seq, aux,
-                              out, transposed)
+            forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, bias, lengths, st, aux, out,
+                              transposed)
 
-    def backward_part(plan, part, acts, h_seq, c_seq, aux, w_hh, w_hh_t, lengths, truncate, dout,
-                      dh, dc, dgx, dgh):
+    def backward_part(plan, part, acts, st, aux, w_hh, w_hh_t, lengths, truncate, dout, ds, dgx,
+                      dgh):
         """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
         if plan.kind == "units":
-            backward_small(part, plan.nparts, plan.step_flags, acts, h_seq, c_seq, aux, w_hh,
-                           plan.weight_copy(part, "rows", acts.dtype),
-                           lengths, truncate, dout, dh, dc, dgx, dgh, plan.partial)
+            backward_small(part, plan.nparts, plan.step_flags, acts, st, aux, w_hh,
+                           plan.weight_copy(part, "rows", dgx.dtype), lengths, truncate, dout, ds,
+                           dgx, dgh, plan.partial)
         else:
-            backward_rows_part(*plan.rows(part), acts, h_seq, c_seq, aux, w_hh_t, lengths, truncate,
-                               dout, dh, dc, dgx, dgh)
+            backward_rows_part(*plan.rows(part), acts, st, aux, w_hh_t, lengths, truncate, dout, ds,
+                               dgx, dgh)
 
     return forward_part, backward_part
 
@@ -551,9 +449,13 @@ def transpose(src, dst):
     _transpose_into(src, dst)
 
 
-@functools.lru_cache(maxsize=None)
-def recurrence_kernels(cell, dtype_name):
-    """(forward_part, backward_part) for one cell and dtype; compiled lazily on first call
-    and cached on disk by Numba."""
-    key = f"{cell}:{dtype_name}"
-    return _step_loops(key, *_cell_rows(key, cell, cell_math(dtype_name)))
+_kernels = {}
+
+
+def recurrence_kernels(spec, dtype_name):
+    """(forward_part, backward_part) for one cell spec and dtype; compiled lazily on first
+    call and cached on disk by Numba (keyed on the spec's generated code)."""
+    key = f"{spec.name}:{spec.key}:{dtype_name}"
+    if key not in _kernels:
+        _kernels[key] = _step_loops(key, *_cell_rows(spec, dtype_name))
+    return _kernels[key]

@@ -1,0 +1,39 @@
+"""The backend contract: what every backend implements, and the types it shares.
+
+A backend runs ONE layer in ONE direction of any registered cell; gpurnn.layers builds
+stacks, directions, dropout, batch_first and lengths on top of it, the same way for every
+backend. Shapes (T steps, B rows, I inputs, H hidden units; the cell has G gates and S
+states, gpurnn.cells.CellSpec):
+
+    forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths) -> (out, state_n, tape)
+        spec     CellSpec
+        x        (T, B, I)            w_ih (G*H, I)     w_hh (G*H, H)
+        b_ih, b_hh (G*H,) or None     (None: no bias)
+        state0   tuple of S entries, each (B, H) or None (zeros)
+        lengths  host NumPy int array (B,) with values in 1..T, or None (all T)
+        out      (T, B, H): h_t at valid steps, 0 past a row's length
+        state_n  tuple of S arrays (B, H): the state after each row's last valid step
+        tape     opaque to the caller; tape["plan"] (a dict) says what ran and why
+                 (e.g. which kernel, how the work was split, any fast path declined)
+    backward(tape, dout, dstate_n, truncate) -> DirectionGrads
+        dout     (T, B, H) dL/d out       dstate_n tuple of S entries (B, H) or None
+        truncate None or k >= 1: the gradient step t+1 sends into step t is dropped
+                 where t+1 is a multiple of k (gpurnn.reference)
+
+Arrays are the backend's native arrays (``backend.xp``: numpy, or cupy on a GPU). The
+other members: ``name``, ``xp``, ``dtypes``, ``is_available()``, ``asarray(a, dtype)``,
+and ``to_user(a, like)`` (native result -> the kind of array the user passed).
+"""
+from typing import NamedTuple, Optional
+
+
+class DirectionGrads(NamedTuple):
+    """Gradients of one layer-direction. Shapes as the forward's arguments."""
+    dx: object                 # (T, B, I)
+    dstate0: tuple             # S arrays (B, H): dL/d state0
+    dw_ih: object              # (G*H, I)
+    dw_hh: object              # (G*H, H)
+    db_ih: Optional[object]    # (G*H,) or None without bias
+    db_hh: Optional[object]    # (G*H,) or None without bias
+    plan: Optional[dict] = None   # what the backward ran (as tape["plan"] for the forward)
+
