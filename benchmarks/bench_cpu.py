@@ -87,7 +87,7 @@ def torch_runner(cfg, weights, x, dout):
 
 def split_plan(model):
     """How backend="cpu" split the recurrence over threads, e.g. "units x2" (kernels.Plan)."""
-    kind, nparts = model.backend_impl.last_plan["forward"]
+    kind, nparts = model.last_plans["forward"][0][0]["split"]
     return f"{kind} x{nparts}"
 
 
@@ -149,8 +149,8 @@ def measure(cfg, repeats, with_numpy):
 def profile(cfg, repeats):
     """Where the time of backend="cpu" goes for one layer of ``cfg``: each phase timed alone,
     split over threads as the backend splits it (kernels.Plan)."""
+    from gpurnn.cells import get_cell
     from gpurnn.cpu import CpuBackend
-    from gpurnn.cpu.backend import TRANSPOSED_FWD
     from gpurnn.cpu.kernels import Plan, gemm, recurrence_kernels, transpose
     from gpurnn.cpu.parallel import recurrence_threads
     cell, T, B, I, H = cfg
@@ -163,8 +163,10 @@ def profile(cfg, repeats):
     b = np.zeros(G * H, f32)
     dout = rng.standard_normal((T, B, H)).astype(f32)
     be = CpuBackend()
-    tape = be.forward(cell, x, w_ih, w_hh, b, b, None, None, None)[3]
-    forward_part, backward_part = recurrence_kernels(cell, "float32")
+    spec = get_cell(cell)
+    S = spec.n_states
+    tape = be.forward(spec, x, w_ih, w_hh, b, b, (None,) * S, None)[2]
+    forward_part, backward_part = recurrence_kernels(spec, "float32")
     w_hh_t = np.empty((H, G * H), f32)
     transpose(w_hh, w_hh_t)
     gx, out, dgx = np.empty((T, B, G * H), f32), np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)
@@ -183,24 +185,25 @@ def profile(cfg, repeats):
         b0, b1 = plan.rows(p)
         ghT = np.empty((G * H, b1 - b0), f32)
         for t in range(T):
-            np.matmul(w_hh, tape["h_seq"][t, b0:b1].T, out=ghT)
+            np.matmul(w_hh, tape["st"][0, t, b0:b1].T, out=ghT)
 
     phases = {
         "forward: input GEMM gx = X W_ih^T": split(lambda plan, p: gemm(x2, w_ih.T, gx2, p, plan.nparts)),
         "forward: recurrence (products + fused cell)": split(lambda plan, p: forward_part(
-            plan, p, gx, w_hh, w_hh_t, np.zeros((2, G * H), f32), tape["lengths"], tape["h_seq"], tape["c_seq"], tape["aux"], out,
-            TRANSPOSED_FWD)),
+            plan, p, gx, w_hh, w_hh_t, np.zeros((2, G * H), f32), tape["lengths"], tape["st"], tape["aux"], out,
+            be.transposed_forward)),
         "  of which the per-step BLAS products (B > 8)": split(products_only),
         "backward: recurrence (fused cell + products)": split(lambda plan, p: backward_part(
-            plan, p, tape["acts"], tape["h_seq"], tape["c_seq"], tape["aux"], w_hh, w_hh_t, tape["lengths"],
-            0, dout, np.zeros((B, H), f32), np.zeros((B, H), f32), dgx, dgx), backward=True),
+            plan, p, tape["acts"], tape["st"], tape["aux"], w_hh, w_hh_t, tape["lengths"],
+            0, dout, np.zeros((S, B, H), f32), dgx, dgx if spec.all_tied else np.empty_like(dgx)),
+            backward=True),
         "backward: dX = dG W_ih": split(lambda plan, p: gemm(d2, w_ih, np.empty((T * B, I), f32), p, plan.nparts)),
         "backward: dW_ih = dG^T X": split(lambda plan, p: gemm(d2.T, x2, np.empty((G * H, I), f32), p, plan.nparts)),
         "backward: dW_hh = dG^T H_prev": split(lambda plan, p: gemm(
-            d2.T, tape["h_seq"][:T].reshape(T * B, H), np.empty((G * H, H), f32), p, plan.nparts)),
+            d2.T, tape["st"][0, :T].reshape(T * B, H), np.empty((G * H, H), f32), p, plan.nparts)),
         "backward: bias sums": lambda: d2.sum(0),
         "whole layer (backend forward + backward)": lambda: be.backward(
-            be.forward(cell, x, w_ih, w_hh, b, b, None, None, None)[3], dout, None, None, None),
+            be.forward(spec, x, w_ih, w_hh, b, b, (None,) * S, None)[2], dout, (None,) * S, None),
     }
     return [(name, np.median(time_calls(fn, repeats, warmup=1)) * 1e3) for name, fn in phases.items()]
 

@@ -107,16 +107,15 @@ def test_matches_reference(cell, option, dtype, rng):
 @pytest.mark.parametrize("transposed_fwd", [True, False])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_large_batch_uses_blas_step_path(cell, dtype, transposed_fwd, rng, monkeypatch):
+def test_large_batch_uses_blas_step_path(cell, dtype, transposed_fwd, rng):
     """B > 8 takes the BLAS per-step matmul instead of the small-product loop, in both
-    orientations of the forward product (gpurnn.cpu.backend.TRANSPOSED_FWD): the Python
+    orientations of the forward product (CpuBackend(transposed_forward=...)): the Python
     time loop with NumPy's BLAS per step and one njit call of the fused pass per step."""
-    import gpurnn.cpu.backend as cpu_backend
-    monkeypatch.setattr(cpu_backend, "TRANSPOSED_FWD", transposed_fwd)
     batch = 11   # the small-product loop takes at most 8 rows (gpurnn.cpu.kernels._is_small)
     cls, extra = CELLS[cell]
     ref = cls(I, H, **extra, backend="numpy", dtype=dtype, seed=5)
-    cpu = cls(I, H, **extra, backend=CpuBackend(poison=True), dtype=dtype, seed=5)
+    cpu = cls(I, H, **extra, backend=CpuBackend(poison=True, transposed_forward=transposed_fwd),
+              dtype=dtype, seed=5)
     cpu.load_state_dict(ref.state_dict())
     lengths = rng.integers(1, T + 1, batch)
     x = rng.standard_normal((T, batch, I)).astype(dtype)

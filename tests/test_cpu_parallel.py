@@ -21,11 +21,7 @@ T, I, H = 9, 5, 37
 TOLERANCE = {"float32": 2e-5, "float64": 1e-11}
 
 
-@pytest.fixture
-def split_small_shapes(monkeypatch):
-    monkeypatch.setattr(kernels, "MIN_UNITS_PER_PART", 1)
-    monkeypatch.setattr(kernels, "MIN_ROWS_PER_PART", 1)
-    monkeypatch.setattr(kernels, "MIN_SPLIT_MACS", 0)
+SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)  # split tiny shapes
 
 
 def rel_err(a, b):
@@ -40,11 +36,11 @@ PLANS = [(1, 2, ("units", 2)), (3, 3, ("units", 3)), (11, 2, ("rows", 2)), (11, 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("batch,threads,plan", PLANS)
 @pytest.mark.parametrize("cell", list(CELLS))
-def test_split_matches_reference(cell, batch, threads, plan, dtype, rng, split_small_shapes):
+def test_split_matches_reference(cell, batch, threads, plan, dtype, rng):
     cls, extra = CELLS[cell]
     kw = dict(num_layers=2, bidirectional=True, dtype=dtype, seed=4, **extra)
     ref = cls(I, H, backend="numpy", **kw)
-    backend = CpuBackend(poison=True, threads=threads)
+    backend = CpuBackend(poison=True, threads=threads, split=SPLIT_SMALL)
     cpu = cls(I, H, backend=backend, **kw)
     cpu.load_state_dict(ref.state_dict())
     lengths = rng.integers(1, T + 1, batch)
@@ -148,10 +144,10 @@ def test_threads_argument_is_checked(bad):
         CpuBackend(threads=bad)
 
 
-def test_default_threads_follow_numba(split_small_shapes):
+def test_default_threads_follow_numba():
     """backend="cpu" with no ``threads`` uses numba.get_num_threads() (capped at the cores)."""
     saved = numba.get_num_threads()
-    model = gpurnn.LSTM(8, 64, backend="cpu")
+    model = gpurnn.LSTM(8, 64, backend=CpuBackend(split=SPLIT_SMALL))   # threads=None: numba's
     try:
         for n in sorted({1, min(2, saved)}):
             numba.set_num_threads(n)
@@ -189,10 +185,10 @@ def test_output_layer_with_split_matmul(rng):
 
 
 @pytest.mark.parametrize("batch", [2, 11])
-def test_split_backward_twice_on_one_tape(batch, rng, split_small_shapes):
+def test_split_backward_twice_on_one_tape(batch, rng):
     """Each backward gets fresh barriers (Plan.for_backward): a second call on the same
     tape gives exactly the first call's gradients again."""
-    model = gpurnn.GRU(I, H, backend=CpuBackend(threads=2), dtype="float64", seed=1)
+    model = gpurnn.GRU(I, H, backend=CpuBackend(threads=2, split=SPLIT_SMALL), dtype="float64", seed=1)
     model(rng.standard_normal((T, batch, I)))
     dout = rng.standard_normal((T, batch, H))
     first, _ = model.backward(dout)

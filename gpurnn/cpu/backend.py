@@ -27,29 +27,33 @@ import numpy as np
 from ..contract import DirectionGrads
 
 
-# The forward's per-step BLAS product in the transposed orientation (ghT = W_hh @ h^T,
-# kernels.forward_step, batch rows split): measured faster in place for LSTM B=32 H=256 and
-# B=64 H=512 once the copies were tiled (Tuning log, benchmarks/RESULTS_cpu.md). False =
-# h @ W_hh^T directly (kept selectable for comparisons; the tests run both).
-TRANSPOSED_FWD = True
-
-
 class CpuBackend:
-    """Numba CPU backend. ``poison=True`` fills every buffer the kernels must write with NaN
-    before they run (tests use it so that an element left unwritten cannot pass).
-    ``threads``: how many threads one layer call may use (None: numba.get_num_threads(),
-    capped at the cores this process may run on; set NUMBA_NUM_THREADS or call
-    numba.set_num_threads to change it for every layer)."""
+    """Numba CPU backend; its configuration is its constructor's arguments.
+
+    poison      fill every buffer the kernels must write with NaN before they run (tests
+                use it so that an element left unwritten cannot pass)
+    threads     how many threads one layer call may use (None: numba.get_num_threads(),
+                capped at the cores this process may run on; NUMBA_NUM_THREADS or
+                numba.set_num_threads change it for every layer)
+    split       kernels.SplitRules: when a call splits over threads
+    transposed_forward  the forward's per-step BLAS product (B > 8) as ghT = W_hh @ h^T,
+                measured faster for LSTM B=32 H=256 and B=64 H=512 once the copies were
+                tiled (Tuning log, benchmarks/RESULTS_cpu.md); False: h @ W_hh^T directly
+                (kept for comparisons; the tests run both)
+    """
     name = "cpu"
     xp = np
     dtypes = ("float32", "float64")
 
-    def __init__(self, poison=False, threads=None):
+    def __init__(self, poison=False, threads=None, split=None, transposed_forward=True):
+        from .kernels import DEFAULT_SPLIT
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
         self.poison = bool(poison)
         self.threads = threads
+        self.split = DEFAULT_SPLIT if split is None else split
+        self.transposed_forward = bool(transposed_forward)
 
     def _threads(self):
         from .parallel import recurrence_threads
@@ -90,7 +94,7 @@ class CpuBackend:
         S, V, G = spec.n_states, spec.n_saves, spec.n_gates
         dtype = x.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
-        plan = Plan(T, B, H, GH, self._threads())
+        plan = Plan(T, B, H, GH, self._threads(), self.split)
 
         gx = self._empty((T, B, GH), dtype)        # X W_ih^T, then saves 0..G-1 in place
         bias = np.zeros((2, GH), dtype)            # b_ih, b_hh: added in the fused cell pass
@@ -112,7 +116,8 @@ class CpuBackend:
         def part(p):
             gemm(x2, w_ih.T, gx2, p, plan.nparts)              # gx = X W_ih^T, by rows
             plan.meet(p)
-            forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out, TRANSPOSED_FWD)
+            forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out,
+                         self.transposed_forward)
         plan.run(part)
 
         tape = dict(spec=spec, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,

@@ -70,6 +70,7 @@ Run/test:  python -m pytest tests/test_cpu_backend.py tests/test_cpu_parallel.py
 import contextlib
 import copy
 import functools
+from typing import NamedTuple
 
 import numpy as np
 
@@ -324,11 +325,16 @@ def _step_loops(key, forward_row, backward_row):
     return forward_part, backward_part
 
 
-# Work below which splitting does not pay: 32 hidden units per part (the barrier costs about
-# as much as 32 units' product), 4 batch rows per part (a BLAS call per step per part), and
-# 2^23 multiply-adds in the whole loop (~0.4 ms on one core: handing parts to the pool and
-# back costs ~0.1 ms a call).
-MIN_UNITS_PER_PART, MIN_ROWS_PER_PART, MIN_SPLIT_MACS = 32, 4, 1 << 23
+class SplitRules(NamedTuple):
+    """When a layer call splits over threads (CpuBackend(split=...); tests lower them).
+    Defaults: work below which splitting does not pay."""
+    units_per_part: int = 32      # the barrier costs about as much as 32 units' product
+    rows_per_part: int = 4        # a BLAS call per step per part
+    split_macs: int = 1 << 23     # multiply-adds in the whole loop (~0.4 ms on one core;
+                                  # handing parts to the pool and back costs ~0.1 ms a call)
+
+
+DEFAULT_SPLIT = SplitRules()
 
 
 def aligned_empty(shape, dtype, align=64):
@@ -355,14 +361,14 @@ class Plan:
     calls BLAS itself), and BLAS worker threads are never woken: OpenBLAS's spin ~100 ms after
     each threaded call, and one on a core a part needs costs the part its time slices."""
 
-    def __init__(self, T, B, H, GH, threads):
+    def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT):
         self.B, self.H, self.GH = B, H, GH
-        if T * B * GH * H < MIN_SPLIT_MACS:
+        if T * B * GH * H < rules.split_macs:
             threads = 1
         if _is_small(B, H, GH):
-            self.kind, self.nparts = "units", max(1, min(threads, H // MIN_UNITS_PER_PART))
+            self.kind, self.nparts = "units", max(1, min(threads, H // rules.units_per_part))
         else:
-            self.kind, self.nparts = "rows", max(1, min(threads, B // MIN_ROWS_PER_PART))
+            self.kind, self.nparts = "rows", max(1, min(threads, B // rules.rows_per_part))
         self._reset()
 
     def _reset(self):
