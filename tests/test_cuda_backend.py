@@ -1,23 +1,33 @@
-"""backend="cuda" vs the numpy reference backend: every kernel version x every cell, and
-every option (h0/c0, lengths, truncation, no bias, 2 layers, bidirectional, dropout,
-batch_first, float64) hit at least once.
+"""backend="cuda" vs the numpy backend: every kernel version x every registered cell (the
+kernels are generated from each cell's spec), and every option (state0, lengths,
+truncation, no bias, 2 layers, bidirectional, dropout, batch_first, float64) hit at least
+once.
+
+The oracle is gpurnn.backend.NumpyBackend: the hand-written gpurnn.reference for the four
+torch cells, gpurnn.vectorised (the cell's own function + derived backward, checked
+against finite differences in tests/test_cells.py) for the others.
 
 Runs in Numba's CUDA simulator on CI (tests/conftest.py) and on a real GPU with
 GPURNN_REAL_GPU=1 (benchmarks/gpu_check.sh). The simulator runs one Python thread per CUDA
-thread, so shapes are tiny and odd (T<=6, B<=3, H<=7). Every buffer the cuda backend
-allocates is filled with NaN first (CudaBackend(poison=True)), so an element a kernel
-forgets to write fails the comparison. Tolerance: normwise relative error <= 1e-5 (float32).
+thread, so shapes are tiny and odd (T<=6, B<=3, H<=7; H=13 for the multi-tile case).
+Every buffer the cuda backend allocates is filled with NaN first (CudaBackend(poison=True)),
+so an element a kernel forgets to write fails the comparison. Tolerance: normwise relative
+error <= 1e-5 (float32). What ran is read from the plans (tape["plan"], DirectionGrads.plan,
+the layer's last_plans), never from the backend object.
 """
 import numpy as np
 import pytest
 
 import gpurnn
 from gpurnn.arrays import to_numpy
+from gpurnn.backend import NumpyBackend
+from gpurnn.cells import get_cell, names
 from gpurnn.cuda import CudaBackend
 from gpurnn.cuda import kernels as K
-from helpers import ALL_CELLS, make_model
+from helpers import make_model
 
-CELLS = ALL_CELLS
+CELLS = tuple(names())
+BUILTIN = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 TOL = {"float32": 1e-5, "float64": 1e-11}
 gpu = pytest.mark.gpu
 skip_sim = pytest.mark.skipif(K.SIMULATOR, reason="multi-block cooperative grid: the simulator"
@@ -39,24 +49,36 @@ def _pair(cell, I, H, backend, dtype="float32", **kw):
     return ref, dev
 
 
+def _single(cell):
+    """The torch-style classes of RNN / GRU take and return h alone, not a tuple."""
+    return get_cell(cell).torch_mode in ("RNN_TANH", "RNN_RELU", "GRU")
+
+
 def _states(out_state):
     return tuple(out_state) if isinstance(out_state, tuple) else (out_state,)
+
+
+def _plans(model, which):
+    """Every layer-direction's plan of the model's last forward / backward."""
+    return [p for layer in model.last_plans[which] for p in layer]
 
 
 def check_against_numpy(rng, cell, algo, *, T=5, B=2, I=3, H=5, dtype="float32", state=True,
                         lengths=None, truncate=None, dh_n=True, expect=None, backend=None,
                         **model_kw):
     """Forward + backward on both backends with the same weights and inputs; compares
-    out, h_n (c_n), dx, dh0 (dc0) and every weight gradient. Returns the cuda backend."""
+    out, every state_n, dx, every dstate0 and every weight gradient. ``expect``: the
+    algorithm every plan must report. Returns the cuda model."""
     be = backend or CudaBackend(algo=algo, poison=True)
     ref, dev = _pair(cell, I, H, be, dtype, **model_kw)
+    S = get_cell(cell).n_states
     L = ref.num_layers * ref.num_directions
     bf = model_kw.get("batch_first", False)
     x = rng.standard_normal((B, T, I) if bf else (T, B, I)).astype(dtype)
     hx = None
-    if state:
-        h0 = rng.standard_normal((L, B, H)).astype(dtype)
-        hx = (h0, rng.standard_normal((L, B, H)).astype(dtype)) if cell == "lstm" else h0
+    if state:   # positive states: some cells (slstm's normaliser) divide by a state
+        hx = tuple(rng.uniform(0.1, 1.0, (L, B, H)).astype(dtype) for _ in range(S))
+        hx = hx[0] if _single(cell) else hx
     if model_kw.get("dropout"):
         ref._dropout_rng = np.random.default_rng(99)
         dev._dropout_rng = np.random.default_rng(99)
@@ -65,36 +87,42 @@ def check_against_numpy(rng, cell, algo, *, T=5, B=2, I=3, H=5, dtype="float32",
     tol = TOL[dtype]
     assert isinstance(out_d, np.ndarray), "NumPy in must give NumPy out"
     assert rel_err(out_d, out_r) <= tol
+    assert len(_states(st_d)) == S
     for a, b in zip(_states(st_d), _states(st_r)):
         assert isinstance(a, np.ndarray)
         assert rel_err(a, b) <= tol
     dout = rng.standard_normal(out_r.shape).astype(dtype)
     dhn = None
     if dh_n:
-        dhn = tuple(rng.standard_normal((L, B, H)).astype(dtype) for _ in _states(st_r))
-        dhn = dhn if cell == "lstm" else dhn[0]
+        dhn = tuple(rng.standard_normal((L, B, H)).astype(dtype) for _ in range(S))
+        dhn = dhn[0] if _single(cell) else dhn
     dx_r, dh0_r = ref.backward(dout, dhn, truncate=truncate)
     dx_d, dh0_d = dev.backward(dout, dhn, truncate=truncate)
     assert rel_err(dx_d, dx_r) <= tol
-    for a, b in zip(_states(dh0_d), _states(dh0_r)):
-        assert rel_err(a, b) <= tol
+    assert len(_states(dh0_d)) == S
+    # normwise over all S state gradients together: some are zero in exact arithmetic
+    # (slstm's stabiliser m does not change the output), so alone they are pure rounding
+    assert rel_err(np.stack(_states(dh0_d)), np.stack(_states(dh0_r))) <= tol
     for name, g in ref.grads.items():
         assert rel_err(dev.grads[name], g) <= tol, name
     if expect is not None:
-        assert be.last_algo == expect
-    return be
+        for p in _plans(dev, "forward") + _plans(dev, "backward"):
+            assert p["algorithm"] == expect, p
+    return dev
 
 
 # --------------------------------------------------------------- every kernel x every cell
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("algo,expect", [("step", "step"), ("persistent", "persistent-1block")])
-def test_kernel_cell_h0_lengths_truncation(rng, cell, algo, expect):
-    """h0/c0 + dh_n/dc_n, lengths (one row shorter), truncate=2, with bias."""
-    check_against_numpy(rng, cell, algo, T=5, B=2, I=3, H=5, lengths=np.array([5, 3]),
-                        truncate=2, expect=expect)
+def test_kernel_cell_state0_lengths_truncation(rng, cell, algo, expect):
+    """state0 + dstate_n (all S states), lengths (one row shorter), truncate=2, with bias."""
+    dev = check_against_numpy(rng, cell, algo, T=5, B=2, I=3, H=5, lengths=np.array([5, 3]),
+                              truncate=2, expect=expect)
+    for p in _plans(dev, "forward") + _plans(dev, "backward"):
+        assert p["requested"] == algo and "declined" not in p
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "slstm"])
 def test_cooperative_kernel_forced(rng, cell):
     """The grid-sync (cooperative) persistent kernel, forced; one block in the simulator,
     H blocks of one unit on a GPU."""
@@ -104,22 +132,25 @@ def test_cooperative_kernel_forced(rng, cell):
 
 
 @pytest.mark.parametrize("cell,ks,rb,grid", [("lstm", 2, 2, False), ("gru", 3, 2, True),
-                                             ("rnn_tanh", 4, 1, False), ("rnn_relu", 1, 2, False)])
+                                             ("rnn_tanh", 4, 1, False), ("rnn_relu", 1, 2, False),
+                                             ("mgu", 2, 3, True), ("cifg_lstm", 3, 2, False),
+                                             ("slstm", 2, 2, True)])
 def test_persistent_split_k_and_row_blocking(rng, cell, ks, rb, grid):
     """KS threads per unit's dot product (partial sums reduced in shared memory) and RB
     rows per forward thread (register blocking; B=3 leaves a ragged last group): the GPU
     defaults, which the simulator only runs when asked."""
     be = CudaBackend(algo="persistent", split_k=ks, rows_per_thread=rb, grid_sync=grid,
                      poison=True)
-    check_against_numpy(rng, cell, "persistent", T=3, B=3, I=2, H=5,
-                        lengths=np.array([3, 2, 1]), truncate=2, backend=be,
-                        expect="persistent-grid" if grid else "persistent-1block")
-    assert be.last_plan["KS"] == ks                      # the backward's plan
-    assert be.last_forward_plan["KS"] == ks and be.last_forward_plan["RB"] == rb
+    dev = check_against_numpy(rng, cell, "persistent", T=3, B=3, I=2, H=5,
+                              lengths=np.array([3, 2, 1]), truncate=2, backend=be,
+                              expect="persistent-grid" if grid else "persistent-1block")
+    (fwd,), (bwd,) = _plans(dev, "forward"), _plans(dev, "backward")
+    assert fwd["KS"] == ks and fwd["RB"] == rb and bwd["KS"] == ks
 
 
 @pytest.mark.parametrize("cell,algo", [("lstm", "step"), ("gru", "persistent"),
-                                       ("lstm", "persistent")])
+                                       ("lstm", "persistent"), ("slstm", "persistent"),
+                                       ("mgu", "step")])
 def test_several_shared_tiles(rng, monkeypatch, cell, algo):
     """A tiny staging tile (VT=24 elements) so h_{t-1} and dGh_{t+1} are staged in several
     tiles, as at large H on a GPU (the kernels are rebuilt: VT is part of their key)."""
@@ -133,14 +164,15 @@ def test_several_shared_tiles(rng, monkeypatch, cell, algo):
 
 # --------------------------------------------------------------- options
 @pytest.mark.parametrize("cell,algo", [("gru", "step"), ("lstm", "persistent"),
-                                       ("rnn_relu", "persistent")])
+                                       ("rnn_relu", "persistent"), ("cifg_lstm", "step"),
+                                       ("slstm", "persistent")])
 def test_no_bias_no_state(rng, cell, algo):
     check_against_numpy(rng, cell, algo, T=4, B=3, I=2, H=3, bias=False, state=False,
                         dh_n=False)
 
 
 @pytest.mark.parametrize("cell,algo", [("lstm", "step"), ("gru", "persistent"),
-                                       ("rnn_tanh", "persistent")])
+                                       ("rnn_tanh", "persistent"), ("mgu", "step")])
 def test_two_layers_bidirectional_dropout_lengths(rng, cell, algo):
     check_against_numpy(rng, cell, algo, T=4, B=2, I=3, H=3, num_layers=2, bidirectional=True,
                         dropout=0.3, lengths=np.array([3, 4]), truncate=2)
@@ -151,9 +183,34 @@ def test_batch_first_two_layers(rng):
                         batch_first=True)
 
 
-def test_float64_lstm(rng):
-    check_against_numpy(rng, "lstm", "persistent", T=3, B=2, I=2, H=3, dtype="float64",
-                        lengths=np.array([3, 2]), truncate=2, expect="persistent-1block")
+@pytest.mark.parametrize("cell,algo,expect", [("lstm", "persistent", "persistent-1block"),
+                                              ("gru", "step", "step"),
+                                              ("slstm", "step", "step"),
+                                              ("cifg_lstm", "persistent", "persistent-1block")])
+def test_float64(rng, cell, algo, expect):
+    check_against_numpy(rng, cell, algo, T=3, B=2, I=2, H=3, dtype="float64",
+                        lengths=np.array([3, 2]), truncate=2, expect=expect)
+
+
+# --------------------------------------------------------------- plans and fallbacks
+def _direct(rng, be, cell, T, B, I, H, dtype="float32"):
+    """One forward + backward straight through the backend contract, against NumpyBackend."""
+    spec = get_cell(cell)
+    G, S = spec.n_gates, spec.n_states
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih = rng.standard_normal((G * H, I)).astype(dtype)
+    w_hh = (rng.standard_normal((G * H, H)) / H).astype(dtype)
+    args = (spec, x, w_ih, w_hh, None, None, (None,) * S, None)
+    got, want = be.forward(*args), NumpyBackend().forward(*args)
+    for a, b in zip((got[0],) + got[1], (want[0],) + want[1]):
+        assert rel_err(a, b) <= 1e-5
+    dout = rng.standard_normal(got[0].shape).astype(dtype)
+    g = be.backward(got[2], dout, None, None)
+    r = NumpyBackend().backward(want[2], dout, (None,) * S, None)
+    for a, b in ((g.dx, r.dx), (g.dw_hh, r.dw_hh), (g.dw_ih, r.dw_ih),
+                 (np.stack(g.dstate0), np.stack(r.dstate0))):   # stacked: see check_against_numpy
+        assert rel_err(a, b) <= 1e-5
+    return got[2]["plan"], g.plan
 
 
 def test_auto_picks_persistent_when_it_fits_else_step(rng):
@@ -165,28 +222,70 @@ def test_auto_picks_persistent_when_it_fits_else_step(rng):
         # LSTM H=64 float32: 4*64*64*4 B = 64 KiB > 48 KiB -> needs 2 blocks of 32 units
         algo, plan = be._plan(4, 2, 64, 4)
         assert algo == "persistent" and plan[1] == 2 and plan[4]
-        from gpurnn import reference  # so auto runs the step kernel: check it
-        H = 56            # 4*56*56*4 B = 49 KiB > 48 KiB
-        x = rng.standard_normal((2, 1, 2)).astype(np.float32)
-        w_ih = rng.standard_normal((4 * H, 2)).astype(np.float32)
-        w_hh = (rng.standard_normal((4 * H, H)) / H).astype(np.float32)
-        got = be.forward("lstm", x, w_ih, w_hh, None, None, None, None, None)
-        assert be.last_algo == "step"
-        want = reference.forward("lstm", x, w_ih, w_hh)
-        for a, b in zip(got[:3], want[:3]):
-            assert rel_err(a, b) <= 1e-5
+        # H=56: 4*56*57*4 B = 50 KiB > 48 KiB -> 2 blocks, which cannot be co-resident
+        # here: the step kernel runs and the plan says why
+        fwd, bwd = _direct(rng, be, "lstm", T=1, B=2, I=2, H=56)
+        for p in (fwd, bwd):
+            assert p["algorithm"] == "step" and p["requested"] == "auto"
+            assert "co-resident" in p["declined"], p
 
 
-def test_persistent_falls_back_to_step_when_it_cannot_fit():
+def test_persistent_declines_with_a_reason_when_it_cannot_fit(rng):
     be = CudaBackend(algo="persistent")
-    assert be._plan(4, 2, 16384, 4) == ("step", None)     # one unit's W_hh column: 256 KiB
+    algo, why = be._plan(4, 2, 16384, 4)          # one unit's W_hh column: 256 KiB
+    assert algo == "step" and "budget" in why
     be1 = CudaBackend(algo="persistent", grid_sync=False)
-    assert be1._plan(4, 2, 200, 4) == ("step", None)      # needs a grid, grid sync forbidden
+    algo, why = be1._plan(4, 2, 200, 4)           # needs a grid, grid sync forbidden
+    assert algo == "step" and "grid_sync=False" in why
+    assert CudaBackend(algo="step")._plan(4, 2, 5, 4) == ("step", None)
+    # end to end: the declined reason reaches the plans; a custom cell with 4 states
+    fwd, bwd = _direct(rng, CudaBackend(algo="persistent", grid_sync=False,
+                                        units_per_block=2, poison=True), "slstm", 2, 1, 2, 3)
+    for p in (fwd, bwd):
+        assert p["algorithm"] == "step" and "grid_sync=False" in p["declined"]
+
+
+def test_real_errors_raise_instead_of_falling_back(rng, monkeypatch):
+    """No silent fallback: an error inside the persistent path propagates."""
+    def broken(*args, **kw):
+        raise RuntimeError("kernel factory exploded")
+    monkeypatch.setattr(K, "fwd_persist_kernel", broken)
+    be = CudaBackend(algo="persistent", poison=True)
+    with pytest.raises(RuntimeError, match="exploded"):
+        _direct(rng, be, "gru", 2, 1, 2, 3)
+
+
+def test_no_per_call_state_on_the_backend(rng):
+    be = CudaBackend(algo="step", poison=True)
+    fwd, bwd = _direct(rng, be, "mgu", 2, 2, 2, 3)
+    assert fwd["algorithm"] == bwd["algorithm"] == "step"
+    for attr in ("last_algo", "last_plan", "last_forward_plan"):
+        assert not hasattr(be, attr)
+
+
+def test_wrong_number_of_states():
+    be = CudaBackend(algo="step")
+    spec = get_cell("lstm")
+    x = np.zeros((2, 1, 2), np.float32)
+    w_ih, w_hh = np.zeros((8, 2), np.float32), np.zeros((8, 2), np.float32)
+    with pytest.raises(ValueError, match="state0"):
+        be.forward(spec, x, w_ih, w_hh, None, None, (None,), None)
 
 
 def test_bad_algo():
     with pytest.raises(ValueError, match="algo"):
         CudaBackend(algo="fast")
+
+
+def test_unit_source_is_generated_per_cell():
+    """One line per gate / state / save of the cell: the fixed 4-slot layout is gone."""
+    for name in CELLS:
+        spec = get_cell(name)
+        src = K.unit_source(spec)
+        assert src.count("= gx[gb +") == spec.n_gates
+        assert src.count("    act[sa +") == spec.n_saves
+        assert src.count("= dreg[rd + ") == 2 * spec.n_states - 1   # ds0 copies, d1..d{S-1}
+    assert "dgx[" not in K.unit_source(get_cell("lstm"))       # all tied: dgx is dgh
 
 
 # --------------------------------------------------------------- arrays in, arrays out
@@ -230,7 +329,17 @@ def test_multiblock_persistent_grid(rng, cell):
 
 @gpu
 @pytest.mark.skipif(K.SIMULATOR, reason="real GPU only: H=300 x B=9 is too slow in the simulator")
-def test_step_larger_shapes_real_gpu(rng):
+@pytest.mark.parametrize("cell", ["lstm", "slstm"])
+def test_step_larger_shapes_real_gpu(rng, cell):
     """Several blocks in both grid dimensions and several shared tiles (H > VT / BY)."""
-    check_against_numpy(rng, "lstm", "step", T=7, B=9, I=17, H=300, lengths=np.arange(9) % 7 + 1,
+    check_against_numpy(rng, cell, "step", T=7, B=9, I=17, H=300, lengths=np.arange(9) % 7 + 1,
                         truncate=3, expect="step")
+
+
+@gpu
+@pytest.mark.skipif(K.SIMULATOR, reason="real GPU only")
+@pytest.mark.parametrize("cell", CELLS)
+def test_auto_default_real_gpu(rng, cell):
+    """The GPU defaults (KS up to 32, RB=4, the opt-in shared memory) for every cell."""
+    check_against_numpy(rng, cell, "auto", T=6, B=5, I=7, H=64, lengths=np.array([6, 5, 3, 2, 1]),
+                        truncate=4)

@@ -1,5 +1,6 @@
-"""Real PTX for sm_90 from every CUDA kernel, with no GPU: no float64 instruction may appear
-in a float32 kernel, and registers / shared memory are reported per kernel.
+"""Real PTX for sm_90 from every CUDA kernel of every registered cell, with no GPU: no
+float64 instruction may appear in a float32 kernel, and registers / shared memory are
+reported per kernel.
 
 The simulator compiles nothing, so gpurnn.cuda.ptx_report runs in its own process with
 NUMBA_ENABLE_CUDASIM=0 (tests/conftest.py turns the simulator on for this process). It needs
@@ -10,6 +11,8 @@ import subprocess
 import sys
 
 import pytest
+
+from gpurnn.cells import names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,14 +31,20 @@ def test_ptx_sm90_no_f64_in_float32_kernels(tmp_path):
     assert r.returncode == 0, text[-4000:]
     body = report.read_text()
     assert "OK:" in body and "FAIL" not in body
-    rows = [ln for ln in body.splitlines() if ln.startswith("| ") and "[" in ln]
-    # 4 cells x (fwd/bwd step + fwd/bwd persistent x {1block, grid}) + gemm, per dtype
-    assert len(rows) == 2 * (4 * 6 + 1), body
+    rows = [ln for ln in body.splitlines() if ln.startswith("| ") and "_float" in ln]
+    # every registered cell x (fwd/bwd step + fwd/bwd persistent x {1block, grid}) + gemm,
+    # per dtype; names as fwd_persist_grid_lstm_float32
+    n = len(names())
+    assert len(rows) == 2 * (n * 6 + 1), body
+    for cell in names():
+        for kind in ("fwd_step", "bwd_step", "fwd_persist_1block", "fwd_persist_grid",
+                     "bwd_persist_1block", "bwd_persist_grid"):
+            assert f"| {kind}_{cell}_float32 |" in body, (kind, cell)
     ptx32 = sorted((tmp_path / "ptx").glob("*float32*.ptx"))
-    assert len(ptx32) == 25
+    assert len(ptx32) == n * 6 + 1
     for p in ptx32:
         src = p.read_text()
         assert ".visible .entry" in src and ".target sm_90" in src, p.name
         assert ".f64" not in src, p.name
     # the float64 kernels really are float64 (the check above could not pass vacuously)
-    assert ".f64" in (tmp_path / "ptx" / "gemm_float64_.ptx").read_text()
+    assert ".f64" in (tmp_path / "ptx" / "gemm_float64.ptx").read_text()

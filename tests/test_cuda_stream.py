@@ -33,9 +33,8 @@ def _spy_launches(monkeypatch):
 
 def _run(be, cell, rng, T=3, B=2, I=2, H=3):
     """Forward + backward on ``be`` and on the numpy reference; max abs difference."""
-    cls = gpurnn.LSTM if cell == "lstm" else gpurnn.GRU
-    ref = cls(I, H, backend="numpy", seed=3)
-    dev = cls(I, H, backend=be, seed=3)
+    ref = gpurnn.layers.make_layer(cell, I, H, backend="numpy", seed=3)
+    dev = gpurnn.layers.make_layer(cell, I, H, backend=be, seed=3)
     dev.load_state_dict(ref.state_dict())
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     out_r, _ = ref(x)
@@ -95,7 +94,8 @@ def test_raw_handle_in_simulator_raises_clearly():
     assert be.stream == 0
 
 
-@pytest.mark.parametrize("cell,algo", [("lstm", "step"), ("gru", "persistent")])
+@pytest.mark.parametrize("cell,algo", [("lstm", "step"), ("gru", "persistent"),
+                                       ("slstm", "persistent")])
 def test_every_launch_goes_to_the_stream(rng, monkeypatch, cell, algo):
     """Inside use_stream: results unchanged, and every launch (recurrence + GEMM fallback
     kernels) carries the stream; outside it, the default stream 0 as before."""

@@ -1,9 +1,12 @@
 """backend="cuda": Numba CUDA kernels (gpurnn.cuda.kernels) behind the backend contract.
 
-    forward(cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths) -> (out, h_n, c_n, tape)
-    backward(tape, dout, dh_n, dc_n, truncate) -> DirectionGrads
+    forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths) -> (out, state_n, tape)
+    backward(tape, dout, dstate_n, truncate) -> DirectionGrads
 
-Shapes as gpurnn.reference. Data flow (kernels_docs/cuda.md):
+The contract and shapes are gpurnn.contract's: any registered cell (a CellSpec with G
+gates and S states), state0 / state_n / dstate_n / dstate0 tuples of S (B, H) arrays.
+The kernels are generated from the spec (gpurnn.cuda.kernels). Data flow
+(kernels_docs/cuda.md):
   1. Gx = X W_ih^T + b_ih                       one GEMM (cuBLAS via CuPy, else Numba gemm)
   2. recurrence                                 fwd_step x T launches, or fwd_persist x 1
   3. reverse loop                               bwd_step x (T+1), or bwd_persist x 1
@@ -21,11 +24,20 @@ Algorithm choice ``algo``:
                 shared-memory limit (opt-in maximum, 227 KiB on an H100; 48 KiB in the
                 simulator) and B*J/RB <= 384 threads; one block (no grid sync) when J = H,
                 else a cooperative grid of ceil(H/J) blocks that must be co-resident
-                (max_cooperative_grid_blocks); otherwise it falls back to "step".
+                (max_cooperative_grid_blocks); otherwise the step kernel runs and the
+                plan says why.
   "auto"        "persistent" where it fits, else "step" (the persistent kernel removes T-1
                 launches and keeps W_hh on chip, so when it fits it is never slower in our
                 cost model: kernels_docs/cuda.md).
-``last_algo`` records what actually ran: "step", "persistent-1block" or "persistent-grid".
+
+Plans: what ran is recorded per call, never on the backend object: tape["plan"] for the
+forward and DirectionGrads.plan for the backward, a dict with "algorithm" ("step",
+"persistent-1block" or "persistent-grid"), "requested" (the algo setting), for the
+persistent kernels "J", "blocks", "threads", "smem", "KS" (and "RB" in the forward), for
+the step kernel "block", and "declined" (why) whenever the persistent kernel was requested
+or preferred (auto) but cannot run: it does not fit on chip, needs a grid the settings
+forbid, exceeds the compiled kernel's thread limit, or its blocks cannot be co-resident.
+Real errors raise; nothing falls back silently.
 
 Streams: by default everything runs on Numba's default stream (and CuPy's current
 stream). ``with backend.use_stream(ptr):`` issues every kernel launch and device-array
@@ -38,8 +50,8 @@ import threading
 import numpy as np
 from numba import cuda
 
-from ..backend import DirectionGrads
-from ..cells import cell_spec
+from ..cells import get_cell
+from ..contract import DirectionGrads
 from . import kernels as K
 
 SMEM_DYN_LIMIT = 48 * 1024      # dynamic shared memory without the opt-in attribute
@@ -90,10 +102,7 @@ class CudaBackend:
         self.grid_sync = grid_sync
         self.split_k = split_k
         self.rows_per_thread = rows_per_thread
-        self.last_plan = None
-        self.last_forward_plan = None
         self.poison = bool(poison)
-        self.last_algo = None
         self._cp = _cupy()
         self.xp = self._cp if self._cp is not None else np
         self._tls = threading.local()          # .stream: the use_stream stream, per thread
@@ -243,15 +252,36 @@ class CudaBackend:
     def _zeros(self, n, dtype):
         return self._from_host(np.zeros(max(int(n), 1), dtype))
 
-    def _state(self, s, B, H, dtype, T):
-        """hs-like buffer (T+1, B, H) with slot 0 = s (zeros if None), rest poisoned/empty."""
+    def _states(self, state0, S, B, H, dtype, T):
+        """st buffer (S, T+1, B, H): st[s, 0] = state0[s] (zeros if None), the rest
+        poisoned/empty (every element is written by the forward)."""
+        n = (T + 1) * B * H
         if self._cp is not None:
-            buf = self._empty((T + 1) * B * H, dtype)
-            buf[:B * H] = 0 if s is None else self._cp.asarray(s, dtype).ravel()
+            buf = self._empty(S * n, dtype)
+            for s in range(S):
+                v = state0[s]
+                buf[s * n:s * n + B * H] = 0 if v is None else self._cp.asarray(v, dtype).ravel()
             return buf
-        host = np.full((T + 1) * B * H, np.nan if self.poison else 0, dtype)
-        host[:B * H] = 0 if s is None else np.asarray(s, dtype).ravel()
+        host = np.full(S * n, np.nan if self.poison else 0, dtype)
+        for s in range(S):
+            v = state0[s]
+            host[s * n:s * n + B * H] = 0 if v is None else np.asarray(
+                self._to_host(v) if _is_device_array(v) else v, dtype).ravel()
         return self._from_host(host)
+
+    def _stack(self, parts, S, B, H, dtype):
+        """A flat (S, B, H) device buffer from S entries (None = zeros)."""
+        if all(p is None for p in parts):
+            return self._zeros(S * B * H, dtype)
+        if self._cp is not None:
+            return self._cp.ascontiguousarray(self._cp.stack(
+                [self._cp.zeros((B, H), dtype) if p is None else self._cp.asarray(p, dtype).reshape(B, H)
+                 for p in parts]), dtype=dtype).ravel()
+        host = np.zeros((S, B, H), dtype)
+        for s, p in enumerate(parts):
+            if p is not None:
+                host[s] = np.asarray(self._to_host(p) if _is_device_array(p) else p, dtype).reshape(B, H)
+        return self._from_host(host.ravel())
 
     # ------------------------------------------------------------------ GEMM
     def _mm(self, dtype, a, a_shape, ta, b, b_shape, tb, bias=None):
@@ -291,14 +321,13 @@ class CudaBackend:
         static VT tile."""
         limit = SMEM_DYN_LIMIT
         if not K.SIMULATOR:
-            try:
-                limit = max(limit, int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
-            except Exception:
-                pass
+            limit = max(limit, int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
         return limit - K.VT * itemsize - 1024
 
     def _plan(self, G, B, H, itemsize, rb=1):
-        """('step', None) or ('persistent', (J, nblocks, threads, smem_bytes, grid, KS)).
+        """('step', reason) or ('persistent', (J, nblocks, threads, smem_bytes, grid, KS)).
+        reason: None when the step kernel was asked for, else why the persistent kernel
+        cannot run (it goes into the plan's "declined").
 
         rb: rows per thread (register blocking; the forward kernel's RB, 1 for backward).
 
@@ -307,19 +336,24 @@ class CudaBackend:
         (B*G*H*H <= SINGLE_BLOCK_FMAS; always in the simulator); otherwise J is capped at
         ceil(H / #SMs) so the cooperative grid spreads over the whole GPU;
         KS (threads per unit's dot product) is the largest power of two <= 32 that keeps
-        ceil(B/RB)*J*KS <= 384 threads and the partial sums inside the budget (1 in the simulator,
-        where every thread costs ~0.2 ms, unless split_k is given).
+        ceil(B/RB)*J*KS <= 384 threads and the partial sums (G*RB per thread) inside the
+        budget (1 in the simulator, where every thread costs ~0.2 ms, unless split_k is
+        given).
         """
         if self.algo == "step":
             return "step", None
         budget = self._smem_budget(itemsize)
         per_unit = (G * H + 1) * itemsize
         groups = -(-B // rb)                       # row groups of rb rows
+        if per_unit > budget:
+            return "step", (f"one hidden unit's W_hh slice ({per_unit} B) exceeds the "
+                            f"shared-memory budget ({budget} B)")
+        if groups > MAX_THREADS:
+            return "step", (f"{groups} row groups of {rb} rows exceed {MAX_THREADS} threads "
+                            "per block")
         J = min(budget // per_unit, MAX_THREADS // groups, H)
         if self.units_per_block is not None:
-            J = min(J, int(self.units_per_block))
-        if J < 1:
-            return "step", None
+            J = max(1, min(J, int(self.units_per_block)))
         single = J == H and self.grid_sync is not True and (
             K.SIMULATOR or self.grid_sync is False or self.units_per_block is not None
             or B * G * H * H <= SINGLE_BLOCK_FMAS)
@@ -338,59 +372,64 @@ class CudaBackend:
                 KS //= 2
         while True:
             threads = -(-(groups * J * KS) // 32) * 32
-            smem = (J * (G * H + 1) + (4 * rb * threads if KS > 1 else 0)) * itemsize
+            smem = (J * (G * H + 1) + (G * rb * threads if KS > 1 else 0)) * itemsize
             if smem <= budget or KS == 1:
                 break
             KS //= 2
-        if threads > MAX_THREADS or smem > budget:
-            return "step", None
+        if threads > MAX_THREADS:
+            return "step", f"{threads} threads per block exceed {MAX_THREADS}"
+        if smem > budget:
+            return "step", f"{smem} B of shared memory exceed the budget ({budget} B)"
         grid = nblk > 1 if self.grid_sync is None else bool(self.grid_sync)
         if nblk > 1 and not grid:
-            return "step", None
+            return "step", (f"needs a grid of {nblk} blocks and grid_sync=False forbids "
+                            "the cooperative kernel")
         return "persistent", (J, nblk, threads, smem, grid, KS)
 
     def _compiled(self, kern, args):
         return kern.compile(tuple(kern.typeof_pyval(a) for a in args))
 
     def _prepare_gpu(self, kern, args, nblk, threads, smem, grid, static):
-        """On a GPU: opt in to > 48 KiB of dynamic shared memory, and check that a
-        cooperative grid of nblk blocks can be co-resident. False = use the step kernel."""
-        try:
-            compiled = self._compiled(kern, args)
-            if threads > compiled._codelibrary.get_cufunc().attrs.maxthreads:
-                return False
-            if smem + static > SMEM_DYN_LIMIT:
-                from numba.cuda.cudadrv.driver import binding, driver
-                cufunc = compiled._codelibrary.get_cufunc()
-                attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-                driver.cuKernelSetAttribute(attr, int(smem), cufunc.handle, cufunc.device.id)
-            if grid:
-                return nblk <= compiled.max_cooperative_grid_blocks(threads, smem)
-            return True
-        except Exception:
-            return False
+        """On a GPU: opt in to > 48 KiB of dynamic shared memory, and check that the
+        compiled kernel takes ``threads`` per block and that a cooperative grid of nblk
+        blocks can be co-resident. Returns None (ready) or why the kernel cannot run."""
+        compiled = self._compiled(kern, args)
+        cufunc = compiled._codelibrary.get_cufunc()
+        maxthreads = cufunc.attrs.maxthreads
+        if threads > maxthreads:
+            return (f"{threads} threads per block exceed the compiled kernel's limit "
+                    f"({maxthreads}, from its registers)")
+        if smem + static > SMEM_DYN_LIMIT:
+            from numba.cuda.cudadrv.driver import binding, driver
+            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+            driver.cuKernelSetAttribute(attr, int(smem), cufunc.handle, cufunc.device.id)
+        if grid:
+            most = compiled.max_cooperative_grid_blocks(threads, smem)
+            if nblk > most:
+                return (f"a cooperative grid of {nblk} blocks cannot be co-resident "
+                        f"(at most {most})")
+        return None
 
-    def _run_persistent(self, kern_factory, cell, dtype, plan, args_fn):
-        J, nblk, threads, smem, grid, KS = plan
-        kern = kern_factory(cell, dtype, grid)
-        args = args_fn(J, KS)
+    def _run_persistent(self, kern, dtype, params, args, plan):
+        """Launch a persistent kernel; True if it ran (plan filled in), False with
+        plan["declined"] set if it cannot run here. Real errors raise."""
+        J, nblk, threads, smem, grid, KS = params
         if K.SIMULATOR:
-            if grid and nblk > kern.overloads[None].max_cooperative_grid_blocks(threads):
-                return False
-        elif not self._prepare_gpu(kern, args, nblk, threads, smem, grid,
-                                   K.VT * np.dtype(dtype).itemsize):
+            most = kern.overloads[None].max_cooperative_grid_blocks(threads) if grid else nblk
+            why = (None if nblk <= most else
+                   f"a cooperative grid of {nblk} blocks cannot be co-resident (at most {most})")
+        else:
+            why = self._prepare_gpu(kern, args, nblk, threads, smem, grid,
+                                    K.VT * np.dtype(dtype).itemsize)
+        if why is not None:
+            plan["declined"] = "persistent: " + why
             return False
-        try:
-            self._launch(kern, nblk, threads, smem)(*args)
-        except Exception:
-            if K.SIMULATOR:
-                raise
-            return False      # e.g. a launch-resource error on an unusual GPU: step instead
-        self.last_algo = "persistent-grid" if grid else "persistent-1block"
-        self.last_plan = dict(J=J, blocks=nblk, threads=threads, smem=smem, KS=KS)
+        self._launch(kern, nblk, threads, smem)(*args)
+        plan.update(algorithm="persistent-grid" if grid else "persistent-1block",
+                    J=J, blocks=nblk, threads=threads, smem=smem, KS=KS)
         return True
 
-    def _run_step(self, kern, B, H, steps, args_fn):
+    def _run_step(self, kern, B, H, steps, args_fn, plan):
         """The step kernel once per t in ``steps``, args_fn(t) its arguments; block
         (min(32, H), BY) units x rows, BY = min(B, 4) (B in the simulator)."""
         bx = min(32, H)
@@ -398,16 +437,25 @@ class CudaBackend:
         launch = self._launch(kern, ((H + bx - 1) // bx, (B + by - 1) // by), (bx, by))
         for t in steps:
             launch(*args_fn(t))
-        self.last_algo = "step"
-        self.last_plan = None
+        plan.update(algorithm="step", block=(bx, by))
+
+    def _new_plan(self, reason):
+        plan = {"algorithm": None, "requested": self.algo}
+        if reason is not None:
+            plan["declined"] = "persistent: " + reason
+        return plan
 
     # ------------------------------------------------------------------ forward
-    def forward(self, cell, x, w_ih, w_hh, b_ih, b_hh, h0, c0, lengths):
-        spec = cell_spec(cell)
+    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
+        spec = get_cell(spec)
         T, B, I = (int(s) for s in x.shape)
         H = int(w_hh.shape[1])
-        G = spec.n_gates
+        G, S, V = spec.n_gates, spec.n_states, spec.n_saves
         GH = G * H
+        state0 = (None,) * S if state0 is None else tuple(state0)
+        if len(state0) != S:
+            raise ValueError(f"state0: cell {spec.name!r} has {S} states {spec.states}, "
+                             f"got a tuple of {len(state0)}")
         dtype = np.dtype(x.dtype)
         xd = self._dev(x, dtype)
         wih = self._dev(w_ih, dtype)
@@ -419,67 +467,67 @@ class CudaBackend:
         lens = self._from_host(lens_host)
 
         gx = self._mm(dtype, xd, (T * B, I), False, wih, (GH, I), True, bih)
-        hs = self._state(h0, B, H, dtype, T)
-        cs = self._state(c0, B, H, dtype, T) if spec.has_cell_state else self._zeros(1, dtype)
-        act = (self._empty(T * B * K.NSLOT * H, dtype) if cell in ("lstm", "gru")
-               else self._zeros(1, dtype))
+        st = self._states(state0, S, B, H, dtype, T)
+        act = self._empty(T * B * V * H, dtype) if V else self._zeros(1, dtype)
         out = self._empty(T * B * H, dtype)
 
         rb = self.rows_per_thread or (1 if K.SIMULATOR else K.PERSIST_RB)
         rb = max(1, min(int(rb), B))
-        algo, plan = self._plan(G, B, H, dtype.itemsize, rb)
-        bufs = self._nb(gx, wt, bhh, lens, hs, cs, act, out)
+        algo, params = self._plan(G, B, H, dtype.itemsize, rb)
+        plan = self._new_plan(params if algo == "step" else None)
+        bufs = self._nb(gx, wt, bhh, lens, st, act, out)
         ran = False
         if algo == "persistent":
-            ran = self._run_persistent(
-                lambda c, d, g: K.fwd_persist_kernel(c, d, g, rb), cell, dtype, plan,
-                lambda J, KS: (T, B, H, J, KS) + bufs)
+            kern = K.fwd_persist_kernel(spec, dtype, params[4], rb)
+            ran = self._run_persistent(kern, dtype, params, (T, B, H, params[0], params[5]) + bufs,
+                                       plan)
             if ran:
-                self.last_plan["RB"] = rb
-        self.last_forward_plan = self.last_plan if ran else None
+                plan["RB"] = rb
         if not ran:
-            self._run_step(K.fwd_step_kernel(cell, dtype), B, H, range(T),
-                           lambda t: (t, T, B, H) + bufs)
+            self._run_step(K.fwd_step_kernel(spec, dtype), B, H, range(T),
+                           lambda t: (t, T, B, H) + bufs, plan)
 
+        n = (T + 1) * B * H
         out_x = self._out(out, 0, (T, B, H))
-        h_n = self._out(hs, T * B * H, (B, H))
-        c_n = self._out(cs, T * B * H, (B, H)) if spec.has_cell_state else None
-        tape = dict(cell=spec.name, T=T, B=B, I=I, H=H, G=G, dtype=dtype, x=xd, w_ih=wih,
-                    w_hh=whh, lens=lens, hs=hs, cs=cs, act=act,
-                    has_bias=(b_ih is not None, b_hh is not None), algo=self.last_algo)
-        return out_x, h_n, c_n, tape
+        state_n = tuple(self._out(st, s * n + T * B * H, (B, H)) for s in range(S))
+        tape = dict(spec=spec, T=T, B=B, I=I, H=H, dtype=dtype, x=xd, w_ih=wih, w_hh=whh,
+                    lens=lens, st=st, act=act, has_bias=(b_ih is not None, b_hh is not None),
+                    plan=plan)
+        return out_x, state_n, tape
 
     # ------------------------------------------------------------------ backward
-    def backward(self, tape, dout, dh_n, dc_n, truncate):
-        cell, T, B, I, H, G, dtype = (tape[k] for k in ("cell", "T", "B", "I", "H", "G", "dtype"))
+    def backward(self, tape, dout, dstate_n, truncate):
+        spec, T, B, I, H, dtype = (tape[k] for k in ("spec", "T", "B", "I", "H", "dtype"))
+        G, S = spec.n_gates, spec.n_states
         GH = G * H
-        has_c = cell == "lstm"
+        dstate_n = (None,) * S if dstate_n is None else tuple(dstate_n)
+        if len(dstate_n) != S:
+            raise ValueError(f"dstate_n: cell {spec.name!r} has {S} states {spec.states}, "
+                             f"got a tuple of {len(dstate_n)}")
         trunc = 0 if truncate is None else int(truncate)
         dd = self._dev(dout, dtype)
-        dhn = self._dev(dh_n, dtype) if dh_n is not None else self._zeros(B * H, dtype)
-        dcn = (self._dev(dc_n, dtype) if dc_n is not None else self._zeros(B * H, dtype)) \
-            if has_c else self._zeros(1, dtype)
+        dsn = self._stack(dstate_n, S, B, H, dtype)
         dgh = self._empty(T * B * GH, dtype)
-        dgx = self._empty(T * B * GH, dtype) if cell == "gru" else dgh
-        dh0 = self._empty(B * H, dtype)
-        dc0 = self._empty(B * H, dtype) if has_c else self._zeros(1, dtype)
-        w, lens, hs, cs, act = tape["w_hh"], tape["lens"], tape["hs"], tape["cs"], tape["act"]
+        dgx = dgh if spec.all_tied else self._empty(T * B * GH, dtype)
+        ds0 = self._empty(S * B * H, dtype)
+        w, lens, st, act = tape["w_hh"], tape["lens"], tape["st"], tape["act"]
 
-        algo, plan = self._plan(G, B, H, dtype.itemsize)
+        algo, params = self._plan(G, B, H, dtype.itemsize)
+        plan = self._new_plan(params if algo == "step" else None)
         ran = False
         if algo == "persistent":
-            bufs = self._nb(dgh, dgx, w, lens, hs, cs, act, dd, dhn, dcn, dh0, dc0)
-            ran = self._run_persistent(K.bwd_persist_kernel, cell, dtype, plan,
-                                       lambda J, KS: (T, B, H, J, KS, trunc) + bufs)
+            bufs = self._nb(dgh, dgx, w, lens, st, act, dd, dsn, ds0)
+            kern = K.bwd_persist_kernel(spec, dtype, params[4])
+            ran = self._run_persistent(kern, dtype, params,
+                                       (T, B, H, params[0], params[5], trunc) + bufs, plan)
         if not ran:
-            hcar = self._empty(B * H, dtype)
-            ccar = self._empty(B * H, dtype) if has_c else self._zeros(1, dtype)
-            a = self._nb(dgh, dgx, w, lens, hs, cs, act, dd, hcar, ccar, dhn, dcn, dh0, dc0)
-            self._run_step(K.bwd_step_kernel(cell, dtype), B, H, range(T - 1, -2, -1),
-                           lambda t: (t, T, B, H, trunc) + a)
+            dsc = self._empty(S * B * H, dtype)
+            a = self._nb(dgh, dgx, w, lens, st, act, dd, dsc, dsn, ds0)
+            self._run_step(K.bwd_step_kernel(spec, dtype), B, H, range(T - 1, -2, -1),
+                           lambda t: (t, T, B, H, trunc) + a, plan)
 
         TB = T * B
-        dw_hh = self._mm(dtype, dgh, (TB, GH), True, hs, (TB, H), False)
+        dw_hh = self._mm(dtype, dgh, (TB, GH), True, st, (TB, H), False)   # st[0, :T] = h_{t-1}
         dw_ih = self._mm(dtype, dgx, (TB, GH), True, tape["x"], (TB, I), False)
         dx = self._mm(dtype, dgx, (TB, GH), False, tape["w_ih"], (GH, I), False)
         has_b_ih, has_b_hh = tape["has_bias"]
@@ -487,8 +535,9 @@ class CudaBackend:
         db_hh = self._colsum(dtype, dgh, TB, GH) if has_b_hh else None
         o = self._out
         return DirectionGrads(
-            dx=o(dx, 0, (T, B, I)), dh0=o(dh0, 0, (B, H)),
-            dc0=o(dc0, 0, (B, H)) if has_c else None,
+            dx=o(dx, 0, (T, B, I)),
+            dstate0=tuple(o(ds0, s * B * H, (B, H)) for s in range(S)),
             dw_ih=o(dw_ih, 0, (GH, I)), dw_hh=o(dw_hh, 0, (GH, H)),
             db_ih=o(db_ih, 0, (GH,)) if db_ih is not None else None,
-            db_hh=o(db_hh, 0, (GH,)) if db_hh is not None else None)
+            db_hh=o(db_hh, 0, (GH,)) if db_hh is not None else None,
+            plan=plan)

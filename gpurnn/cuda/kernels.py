@@ -1,63 +1,79 @@
-"""Numba CUDA kernels of the cuda backend: recurrence (forward + BPTT) and a tiled GEMM.
+"""Numba CUDA kernels of the cuda backend, generated per cell: recurrence (forward + BPTT)
+and a tiled GEMM.
 
-What they compute (one layer, one direction; notation of gpurnn.reference and
-kernels_docs/cuda.md; G gates: 1 RNN, 4 LSTM, 3 GRU; GH = G*H):
+What they compute (one layer, one direction, any registered cell: a gpurnn.cells.CellSpec
+with G gates, S states (states[0] = h), V saved values per hidden unit and step; GH = G*H;
+notation of gpurnn.reference and kernels_docs/cuda.md):
 
-  forward   a_t = Gx[t] + h_{t-1} W_hh^T + b_hh, then the cell's pointwise math
-            (gpurnn.cells, compiled here with cuda.jit(device=True)); lengths mask.
-  backward  reverse loop: carry into step t = dGh_{t+1} W_hh + direct_{t+1} (GRU z*dh),
-            truncation cut, fused pointwise backward -> dGh_t, dGx_t; dh0/dc0 at the end.
-            Weight gradients are GEMMs after the loop (gpurnn.cuda.backend), no atomics.
+  forward   hg_k = (h_{t-1} W_hh^T)_k + b_hh,k, xg_k = Gx[t]_k, then the cell's generated
+            scalar forward (spec.compile("cuda", ...)): new states + V saves; lengths mask.
+  backward  reverse loop: carried dL/d state_k into step t = direct_k from step t+1
+            (+ dGh_{t+1} W_hh for k = 0); truncation cut (all S); the cell's generated
+            scalar backward -> dGh_t (dGx_t), direct_t; dstate0 at the end. Weight
+            gradients are GEMMs after the loop (gpurnn.cuda.backend), no atomics.
   gemm      C = op(A) op(B) (+ bias per column), 2-D shared-memory tiles; used where CuPy
             (cuBLAS) is absent, e.g. in the simulator.
 
-Versions (built lazily per (cell, dtype) by the factories below; no signature at import):
+How a spec becomes kernels: ``_unit(spec, dtype)`` writes the Python source of two device
+functions, fwd_unit and bwd_unit, one line per gate / state / save of that cell (G, S, V
+unrolled; print ``unit_source(spec)``), execs it (registered with linecache, so tracebacks
+show the generated lines) and wraps them and the cell's scalar forward/backward with
+cuda.jit(device=True). The kernels below are written once, generic over G and S: their
+accumulators and states are ``cuda.local.array(G * RB)`` / ``(S * RB)`` with G, S, RB
+compile-time closure constants, so NVVM unrolls the gate loops and keeps them in registers.
+Every factory caches on (spec.key, dtype, its compile-time parameters); nothing is compiled
+at import.
+
+Versions:
   fwd_step / bwd_step      one launch per timestep; block (BX units, BY batch rows);
                            the operand vector (h_{t-1} / dGh_{t+1}) staged in shared tiles.
   fwd_persist / bwd_persist one launch for the whole sequence; block k keeps the W_hh
                            columns of its J hidden units in dynamic shared memory for all
                            T steps; KS threads split each unit's dot product (split-K,
                            partial sums tree-reduced in shared memory); the forward applies
-                           each weight to RB batch rows (register blocking); grid=True: cooperative
-                           multi-block launch with cuda.cg.this_grid().sync() between
-                           steps; grid=False: the single-block variant (syncthreads only).
+                           each weight to RB batch rows (register blocking); grid=True:
+                           cooperative multi-block launch with cuda.cg.this_grid().sync()
+                           between steps; grid=False: the single-block variant.
   gemm                     TS x TS tiles (TS = 8 in the simulator, 16 on a GPU).
-Both versions of a direction share one per-unit body (_unit: fwd_unit / bwd_unit, and
-stage for the shared tile); they differ only in the dot products and where the state lives.
 
 Run / test:
   pytest tests/test_cuda_backend.py          (simulator on CI, real GPU with GPURNN_REAL_GPU=1)
-  python -m gpurnn.cuda.ptx_report           (sm_90 PTX for every kernel, f64 check)
+  python -m gpurnn.cuda.ptx_report           (sm_90 PTX for every kernel x cell, f64 check)
 
-Flat array arguments (all C-contiguous 1-D views of the shapes below; indices in the code
-are written out from these shapes):
-  gx    (T, B, GH)   X W_ih^T + b_ih               wt   (H, GH)  W_hh transposed
-  w     (GH, H)      W_hh as stored (backward)     bhh  (GH,)    recurrent bias (zeros if none)
-  lens  (B,) int32   valid steps per row           hs   (T+1, B, H)  h_{-1}=h0, states after each step
-  cs    (T+1, B, H)  LSTM cell states (else (1,))  act  (T, B, S, H)  saved activations, S=4
-                                                   (LSTM i,f,g,o; GRU r,z,n,ah_n; RNN unused (1,))
-  out   (T, B, H)    outputs (0 past a row's length)
-  dout  (T, B, H)    dL/dout                       dgh, dgx (T, B, GH) gate-pre-activation grads
-                                                   (dgx is dgh except GRU's n gate)
-  hcar, ccar (B, H)  step kernels' carried dh/dc   dhn, dcn, dh0, dc0 (B, H)
+Flat array arguments (all C-contiguous 1-D views of the shapes below):
+  gx    (T, B, GH)      X W_ih^T + b_ih            wt   (H, GH)  W_hh transposed
+  w     (GH, H)         W_hh as stored (backward)  bhh  (GH,)    recurrent bias (zeros if none)
+  lens  (B,) int32      valid steps per row
+  st    (S, T+1, B, H)  states: st[:, 0] = state0, st[s, t+1] = state s after step t
+  act   (T, B, V, H)    the cell's saves (size-1 dummy when V == 0)
+  out   (T, B, H)       outputs (0 past a row's length)
+  dout  (T, B, H)       dL/dout
+  dgh   (T, B, GH)      dL/d hg (recurrent pre-activations)
+  dgx   (T, B, GH)      dL/d xg; the same buffer as dgh when spec.all_tied
+  dsc   (S, B, H)       step kernels' carried direct state gradients
+  dsn, ds0 (S, B, H)    dL/d state_n (in), dL/d state0 (out)
 """
+import itertools
+import linecache
 import math
 import os
+import re
 
 import numpy as np
 from numba import config as _nb_config
 from numba import cuda
 
-from ..cells import CELLS, make_cell_math
+from ..cells import CELLS, get_cell
+from ..cells.codegen import scalar_namespace
 
 SIMULATOR = bool(_nb_config.ENABLE_CUDASIM)
 # elements of the static shared tile that stages h / dgates (16 KiB fp32 on a GPU; small in
 # the simulator; tests lower it to force several tiles). Read when a kernel is built.
 VT = 1024 if SIMULATOR else 4096
 TS = 8 if SIMULATOR else 16        # GEMM tile edge
-NSLOT = 4                          # saved activations per hidden unit (act buffer)
 
 _cache = {}
+_counter = itertools.count()
 
 
 def _jit_opts():
@@ -71,8 +87,8 @@ def _jit_opts():
 
 
 # Persistent kernels run up to PERSIST_MAX_THREADS threads per block: capping registers at
-# 65536 / 384 -> 168 guarantees such a block launches on one SM; ptxas (sm_90) uses 100-168
-# under the cap (the grid variants of fwd_persist, RB=4, spill 0-32 bytes: ptx_report).
+# 65536 / 384 -> 168 guarantees such a block launches on one SM (ptx_report: registers and
+# spills of every persistent kernel x cell under that cap).
 PERSIST_MAX_THREADS = 384
 PERSIST_MAX_REGISTERS = (65536 // PERSIST_MAX_THREADS) // 8 * 8
 PERSIST_RB = 4          # rows per thread in fwd_persist on a GPU (register blocking)
@@ -89,61 +105,24 @@ def _device(fn):
     return cuda.jit(device=True)(fn)
 
 
-def cell_math(dtype):
-    """gpurnn.cells' scalar math compiled as CUDA device functions for ``dtype``."""
-    key = ("math", np.dtype(dtype).name)
+def _nb_type(dtype):
+    from numba import float32, float64
+    return float32 if np.dtype(dtype) == np.float32 else float64
+
+
+def _spec_key(spec, dtype):
+    return (spec.key, np.dtype(dtype).name)
+
+
+def cell_functions(spec, dtype):
+    """The spec's generated scalar (forward, backward) as CUDA device functions."""
+    spec = get_cell(spec)
+    key = ("cell",) + _spec_key(spec, dtype)
     if key not in _cache:
-        _cache[key] = make_cell_math(dtype, math.exp, math.tanh, jit=_device)
-    return _cache[key]
-
-
-def _pointwise(cell, dtype):
-    """Device functions pfwd / pbwd unifying the four cells.
-
-    pfwd(g0..g3 (x parts), r0..r3 (recurrent parts incl. b_hh), h_prev, c_prev)
-        -> (h, c, s0, s1, s2, s3)   s = saved activations
-    pbwd(gh, dc, s0..s3, h, c, c_prev, h_prev)
-        -> (dx0, dx1, dx2, dx3, dh2, direct, dc_prev)   dgh = dgx except gate 2 -> dh2
-    """
-    key = ("pw", cell, np.dtype(dtype).name)
-    if key in _cache:
-        return _cache[key]
-    cm = cell_math(dtype)
-    zero = np.dtype(dtype).type(0)
-
-    if cell in ("rnn_tanh", "rnn_relu"):
-        f = cm.rnn_tanh_fwd if cell == "rnn_tanh" else cm.rnn_relu_fwd
-        fb = cm.rnn_tanh_bwd if cell == "rnn_tanh" else cm.rnn_relu_bwd
-
-        def pfwd(g0, g1, g2, g3, r0, r1, r2, r3, hp, cp):
-            h = f(g0 + r0)
-            return h, zero, zero, zero, zero, zero
-
-        def pbwd(gh, dc, s0, s1, s2, s3, h, c, cp, hp):
-            da = fb(gh, h)
-            return da, zero, zero, zero, zero, zero, zero
-    elif cell == "lstm":
-        f, fb = cm.lstm_fwd, cm.lstm_bwd
-
-        def pfwd(g0, g1, g2, g3, r0, r1, r2, r3, hp, cp):
-            i, ff, g, o, c, h = f(g0 + r0, g1 + r1, g2 + r2, g3 + r3, cp)
-            return h, c, i, ff, g, o
-
-        def pbwd(gh, dc, s0, s1, s2, s3, h, c, cp, hp):
-            dai, daf, dag, dao, dcp = fb(gh, dc, s0, s1, s2, s3, c, cp)
-            return dai, daf, dag, dao, dag, zero, dcp
-    else:  # gru
-        f, fb = cm.gru_fwd, cm.gru_bwd
-
-        def pfwd(g0, g1, g2, g3, r0, r1, r2, r3, hp, cp):
-            r, z, n, h = f(g0 + r0, g1 + r1, g2, r2, hp)
-            return h, zero, r, z, n, r2
-
-        def pbwd(gh, dc, s0, s1, s2, s3, h, c, cp, hp):
-            dar, daz, dxn, dhn, direct = fb(gh, s0, s1, s2, s3, hp)
-            return dar, daz, dxn, zero, dhn, direct, zero
-
-    _cache[key] = (_device(pfwd), _device(pbwd))
+        ns = scalar_namespace(dtype, exp=math.exp, tanh=math.tanh, log=math.log,
+                              log1p=math.log1p, jit=_device)
+        fwd, bwd = spec.compile("cuda", dtype, ns)
+        _cache[key] = (_device(fwd), _device(bwd))
     return _cache[key]
 
 
@@ -162,43 +141,130 @@ def _step_geometry(B, H):
     return j, b, b0, ty, by, ty * bx + tx, bx * by, j < H and b < B
 
 
-# (the persistent kernels keep their index prologue inline: the same factoring there cost
-# the LSTM/GRU grid kernels 2-6 registers and 32 spill bytes under the 168 cap, ptx_report)
 step_geometry = _device(_step_geometry)
 
 
-def _consts(cell, dtype):
-    """(G, HAS_C, SAVE, GRU, zero, nbt): the per-(cell, dtype) constants every kernel
-    factory closes over (typed, so float32 kernels stay free of float64)."""
-    spec = CELLS[cell]
-    return (spec.n_gates, spec.has_cell_state, cell in ("lstm", "gru"), cell == "gru",
-            np.dtype(dtype).type(0), _nb_type(dtype))
+def _uses(src, name):
+    """Does the body of the generated function ``src`` read the parameter ``name``?"""
+    body = src.split("\n", 1)[1]
+    return re.search(rf"\b{name}\b", body) is not None
 
 
-def _unit(cell, dtype):
-    """Device functions fwd_unit / bwd_unit / stage: everything one (row b, unit j) pair does at
-    step t after the recurrent dot products. Shared by the step and persistent kernels,
-    which differ only in how the dot products are computed and where the state lives.
+def unit_source(spec):
+    """Python source of fwd_unit / bwd_unit for ``spec`` (G, S, V unrolled). Globals the
+    source expects: zero (typed 0), cell_fwd, cell_bwd (the spec's device functions).
 
-    fwd_unit(t, B, H, b, j, r0..r3, hp, cp, gx, bhh, lens, act, out, hs, cs) -> (h, c)
-        r = recurrent sums (no bias yet); adds b_hh and Gx[t], runs the cell, writes
-        act[t, b, :, j], out[t, b, j] (0 past the row's length) and the state after step t
-        to hs[t+1, b, j], cs[t+1, b, j] ((hp, cp) unchanged past the row's length); returns
-        that state.
-    bwd_unit(t, B, H, b, j, ln, trunc, carry, dc, dout, act, hs, cs, dgh, dgx, dh0, dc0)
-        -> (hcar, ccar)
-        carry = dGh_{t+1} W_hh[:, j] + direct_{t+1} (or dh_n), dc the carried dc;
-        truncation cut; t = -1 writes dh0/dc0; else the pointwise backward writes
-        dgh[t, b, :, j] (dgx for GRU; 0 past the row's length) and returns what step t-1
-        receives besides dGh_t W_hh: (direct_t, dc_{t-1}), or (carry, dc) past the length.
+    fwd_unit(t, T, B, H, b, j, acc, ra, sreg, rs, gx, bhh, lens, act, out, st)
+        acc[ra + k] = gate k's recurrent sum (no bias yet), sreg[rs + s] = state s before
+        step t. Adds b_hh and Gx[t], runs the cell, writes act[t, b, :, j], out[t, b, j]
+        (0 past the row's length) and st[:, t+1, b, j]; leaves the state after step t in
+        sreg (unchanged past the row's length).
+    bwd_unit(t, T, B, H, b, j, ln, trunc, dreg, rd, dout, act, st, dgh, dgx, dst0)
+        dreg[rd + s] = dL/d state s after step t that does not come from dout[t] (for s = 0
+        including dGh_{t+1} W_hh); truncation cut; t = -1 writes dst0 (dL/d state0);
+        past the row's length writes zero gate gradients and leaves dreg; else the cell's
+        backward writes
+        dgh[t, b, :, j] (and dgx) and leaves the direct part of dL/d state_{t-1} in dreg.
+    """
+    spec = get_cell(spec)
+    G, S, V = spec.n_gates, spec.n_states, spec.n_saves
+    tied = spec.all_tied
+    bsrc = spec.source("backward")
+    L = []
+    a = L.append
+    a("def fwd_unit(t, T, B, H, b, j, acc, ra, sreg, rs, gx, bhh, lens, act, out, st):")
+    a(f"    gb = (t * B + b) * {G} * H + j")
+    for k in range(G):
+        a(f"    xg{k} = gx[gb + {k} * H]")
+    for k in range(G):
+        a(f"    hg{k} = acc[ra + {k}] + bhh[j + {k} * H]")
+    for s in range(S):
+        a(f"    s{s} = sreg[rs + {s}]")
+    res = [f"n{s}" for s in range(S)] + [f"v{v}" for v in range(V)]
+    args = ([f"xg{k}" for k in range(G)] + [f"hg{k}" for k in range(G)] +
+            [f"s{s}" for s in range(S)])
+    a(f"    {', '.join(res)}, = cell_fwd({', '.join(args)})")
+    if V:
+        a(f"    sa = (t * B + b) * {V} * H + j")
+        for v in range(V):
+            a(f"    act[sa + {v} * H] = v{v}")
+    a("    o = (t * B + b) * H + j")
+    a("    if t < lens[b]:")
+    a("        out[o] = n0")
+    a("    else:")
+    a("        out[o] = zero")
+    for s in range(S):
+        a(f"        n{s} = s{s}")
+    a("    ss = (T + 1) * B * H")
+    for s in range(S):
+        a(f"    st[o + B * H + {s} * ss] = n{s}")
+        a(f"    sreg[rs + {s}] = n{s}")
+    a("")
+    a("def bwd_unit(t, T, B, H, b, j, ln, trunc, dreg, rd, dout, act, st, dgh, dgx, dst0):")
+    a("    # the cut only ever fires where step t+1 was a real step (t + 1 < ln <= T)")
+    a("    if t >= 0 and trunc > 0 and (t + 1) % trunc == 0 and t + 1 < ln:")
+    for s in range(S):
+        a(f"        dreg[rd + {s}] = zero")
+    a("    p = b * H + j")
+    a("    if t < 0:")
+    for s in range(S):
+        a(f"        dst0[p + {s} * B * H] = dreg[rd + {s}]")
+    a("        return")
+    a(f"    gb = (t * B + b) * {G} * H + j")
+    a("    if t >= ln:")
+    for k in range(G):
+        a(f"        dgh[gb + {k} * H] = zero")
+        if not tied:
+            a(f"        dgx[gb + {k} * H] = zero")
+    a("        return")
+    a("    q = t * B * H + p")
+    a("    ss = (T + 1) * B * H")
+    a("    d0 = dreg[rd] + dout[q]")
+    for s in range(1, S):
+        a(f"    d{s} = dreg[rd + {s}]")
+    if V:
+        a(f"    sa = (t * B + b) * {V} * H + j")
+        for v in range(V):
+            a(f"    v{v} = act[sa + {v} * H]")
+    for s in range(S):   # only the states the backward reads (no dead loads)
+        a(f"    s{s} = st[q + {s} * ss]" if _uses(bsrc, f"s{s}") else f"    s{s} = zero")
+        a(f"    n{s} = st[q + B * H + {s} * ss]" if _uses(bsrc, f"n{s}") else f"    n{s} = zero")
+    res = ([f"ex{k}" for k in range(G)] + [f"eh{k}" for k in range(G)] +
+           [f"es{s}" for s in range(S)])
+    args = ([f"d{s}" for s in range(S)] + [f"v{v}" for v in range(V)] +
+            [f"s{s}" for s in range(S)] + [f"n{s}" for s in range(S)])
+    a(f"    {', '.join(res)}, = cell_bwd({', '.join(args)})")
+    for k in range(G):
+        a(f"    dgh[gb + {k} * H] = eh{k}")
+        if not tied:
+            a(f"    dgx[gb + {k} * H] = ex{k}")
+    for s in range(S):
+        a(f"    dreg[rd + {s}] = es{s}")
+    return "\n".join(L) + "\n"
+
+
+def _exec(src, label, namespace):
+    filename = f"<gpurnn cuda {label} #{next(_counter)}>"
+    linecache.cache[filename] = (len(src), None, src.splitlines(True), filename)
+    exec(compile(src, filename, "exec"), namespace)
+    return namespace
+
+
+def _unit(spec, dtype):
+    """Device functions (fwd_unit, bwd_unit, stage) for ``spec`` and ``dtype``: everything
+    one (row b, unit j) pair does at step t after the recurrent dot products (unit_source),
+    shared by the step and persistent kernels.
+
     stage(vsh, src, base, r0, nrows, B, K, k0, kt, stride, tid, nth)
         the block's shared tile of the operand rows (h_{t-1} or dGh_{t+1}), see below.
     """
-    key = ("unit", cell, np.dtype(dtype).name)
+    key = ("unit",) + _spec_key(spec, dtype)
     if key in _cache:
         return _cache[key]
-    G, HAS_C, SAVE, GRU, zero, _ = _consts(cell, dtype)
-    pfwd, pbwd = _pointwise(cell, dtype)
+    zero = np.dtype(dtype).type(0)
+    cell_fwd, cell_bwd = cell_functions(spec, dtype)
+    ns = _exec(unit_source(spec), f"units {spec.name!r} {np.dtype(dtype).name}",
+               dict(zero=zero, cell_fwd=cell_fwd, cell_bwd=cell_bwd))
 
     def stage(vsh, src, base, r0, nrows, B, K, k0, kt, stride, tid, nth):
         # between two syncthreads: vsh[rr*stride + kk] = src[base + (r0+rr)*K + k0+kk] for
@@ -213,125 +279,46 @@ def _unit(cell, dtype):
             vsh[rr * stride + kk] = v
         cuda.syncthreads()
 
-    def fwd_unit(t, B, H, b, j, r0, r1, r2, r3, hp, cp, gx, bhh, lens, act, out, hs, cs):
-        GH = G * H
-        gb = (t * B + b) * GH + j
-        r0 += bhh[j]
-        g0 = gx[gb]
-        g1 = zero
-        g2 = zero
-        g3 = zero
-        if G > 1:
-            r1 += bhh[j + H]
-            r2 += bhh[j + 2 * H]
-            g1 = gx[gb + H]
-            g2 = gx[gb + 2 * H]
-        if G > 3:
-            r3 += bhh[j + 3 * H]
-            g3 = gx[gb + 3 * H]
-        h, c, s0, s1, s2, s3 = pfwd(g0, g1, g2, g3, r0, r1, r2, r3, hp, cp)
-        if SAVE:
-            a = (t * B + b) * NSLOT * H + j
-            act[a] = s0
-            act[a + H] = s1
-            act[a + 2 * H] = s2
-            act[a + 3 * H] = s3
-        o = (t * B + b) * H + j
-        if t < lens[b]:
-            out[o] = h
-        else:
-            out[o] = zero
-            h = hp
-            c = cp
-        hs[o + B * H] = h
-        if HAS_C:
-            cs[o + B * H] = c
-        return h, c
-
-    def bwd_unit(t, B, H, b, j, ln, trunc, carry, dc, dout, act, hs, cs, dgh, dgx, dh0, dc0):
-        # the cut only ever fires where step t+1 was a real step (t + 1 < ln <= T)
-        if t >= 0 and trunc > 0 and (t + 1) % trunc == 0 and t + 1 < ln:
-            carry = zero
-            dc = zero
-        p = b * H + j
-        if t < 0:
-            dh0[p] = carry
-            if HAS_C:
-                dc0[p] = dc
-            return carry, dc
-        gb = (t * B + b) * G * H + j
-        if t >= ln:
-            for g in range(G):
-                dgh[gb + g * H] = zero
-                if GRU:
-                    dgx[gb + g * H] = zero
-            return carry, dc
-        q = t * B * H + p
-        gh = carry + dout[q]
-        s0 = zero
-        s1 = zero
-        s2 = zero
-        s3 = zero
-        if SAVE:
-            a = (t * B + b) * NSLOT * H + j
-            s0 = act[a]
-            s1 = act[a + H]
-            s2 = act[a + 2 * H]
-            s3 = act[a + 3 * H]
-        h = hs[q + B * H]
-        hp = hs[q]
-        c = zero
-        cp = zero
-        if HAS_C:
-            c = cs[q + B * H]
-            cp = cs[q]
-        d0, d1, d2, d3, dh2, direct, dcp = pbwd(gh, dc, s0, s1, s2, s3, h, c, cp, hp)
-        dgh[gb] = d0
-        if G > 1:
-            dgh[gb + H] = d1
-            dgh[gb + 2 * H] = dh2
-        if G > 3:
-            dgh[gb + 3 * H] = d3
-        if GRU:
-            dgx[gb] = d0
-            dgx[gb + H] = d1
-            dgx[gb + 2 * H] = d2
-        return direct, dcp
-
-    # plain device functions: NVVM inlines them into every kernel anyway; Numba-IR
-    # inlining (inline="always") cost the persistent backward 2-6 registers (ptx_report)
-    _cache[key] = (_device(fwd_unit), _device(bwd_unit), _device(stage))
+    # plain device functions: NVVM inlines them into every kernel anyway
+    _cache[key] = (_device(ns["fwd_unit"]), _device(ns["bwd_unit"]), _device(stage))
     return _cache[key]
 
 
+def _consts(spec, dtype):
+    """(G, S, zero, nbt): what every kernel factory closes over (typed, so float32 kernels
+    stay free of float64)."""
+    return spec.n_gates, spec.n_states, np.dtype(dtype).type(0), _nb_type(dtype)
+
+
 # ----------------------------------------------------------------------------- forward
-def fwd_step_kernel(cell, dtype):
-    """One timestep t: hs[t+1], cs[t+1], act[t], out[t] from hs[t], cs[t], gx[t].
+def fwd_step_kernel(spec, dtype):
+    """One timestep t: st[:, t+1], act[t], out[t] from st[:, t], gx[t].
 
     Launch: block (BX, BY), grid (ceil(H/BX), ceil(B/BY)); thread (j, b) owns all G gates
-    of hidden unit j of row b. Args: (t, T, B, H, gx, wt, bhh, lens, hs, cs, act, out).
+    of hidden unit j of row b. Args: (t, T, B, H, gx, wt, bhh, lens, st, act, out).
     """
-    key = ("fwd_step", cell, np.dtype(dtype).name, VT)
+    spec = get_cell(spec)
+    key = ("fwd_step",) + _spec_key(spec, dtype) + (VT,)
     if key in _cache:
         return _cache[key]
-    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
+    G, S, zero, nbt = _consts(spec, dtype)
     vt = VT
-    fwd_unit, _, stage = _unit(cell, dtype)
+    fwd_unit, _, stage = _unit(spec, dtype)
 
-    def fwd_step(t, T, B, H, gx, wt, bhh, lens, hs, cs, act, out):
+    def fwd_step(t, T, B, H, gx, wt, bhh, lens, st, act, out):
         vsh = cuda.shared.array(vt, nbt)
+        acc = cuda.local.array(G, nbt)
+        sreg = cuda.local.array(S, nbt)
         j, b, b0, ty, by, tid, nth, active = step_geometry(B, H)
         GH = G * H
         kt = vt // by
         if kt > H:
             kt = H
-        hrow = t * B * H
-        r0 = zero
-        r1 = zero
-        r2 = zero
-        r3 = zero
+        hrow = t * B * H                       # st[0, t]
+        for g in range(G):
+            acc[g] = zero
         for k0 in range(0, H, kt):
-            stage(vsh, hs, hrow, b0, by, B, H, k0, kt, kt, tid, nth)
+            stage(vsh, st, hrow, b0, by, B, H, k0, kt, kt, tid, nth)
             if active:
                 n = H - k0
                 if n > kt:
@@ -340,24 +327,20 @@ def fwd_step_kernel(cell, dtype):
                 for kk in range(n):
                     hv = vsh[vb + kk]
                     w = (k0 + kk) * GH + j
-                    r0 += wt[w] * hv
-                    if G > 1:
-                        r1 += wt[w + H] * hv
-                        r2 += wt[w + 2 * H] * hv
-                    if G > 3:
-                        r3 += wt[w + 3 * H] * hv
+                    for g in range(G):
+                        acc[g] += wt[w + g * H] * hv
         if active:
             p = hrow + b * H + j
-            cp = zero
-            if HAS_C:
-                cp = cs[p]
-            fwd_unit(t, B, H, b, j, r0, r1, r2, r3, hs[p], cp, gx, bhh, lens, act, out, hs, cs)
+            ss = (T + 1) * B * H
+            for s in range(S):
+                sreg[s] = st[p + s * ss]
+            fwd_unit(t, T, B, H, b, j, acc, 0, sreg, 0, gx, bhh, lens, act, out, st)
 
     _cache[key] = _kernel(fwd_step)
     return _cache[key]
 
 
-def fwd_persist_kernel(cell, dtype, grid, rb=1):
+def fwd_persist_kernel(spec, dtype, grid, rb=1):
     """The whole sequence in one launch (see module doc).
 
     Launch: grid (ceil(H/J),), block ceil(B/RB)*J*KS threads (rounded up to a warp),
@@ -366,25 +349,26 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
     p = tid // KS: row group q = p // J (rows q*RB .. q*RB+RB-1, register-blocked: each
     weight read from shared memory is applied to RB rows) and unit j = blockIdx.x*J + p % J;
     split-K slice ks = tid % KS (inputs i = ks, ks+KS, ...). The KS partial sums meet in
-    shared memory; the ks = 0 thread owns the unit's gates, state (registers) and writes.
-    Args: (T, B, H, J, KS, gx, wt, bhh, lens, hs, cs, act, out).
+    shared memory; the ks = 0 thread owns the unit's gates, S states (registers) and writes.
+    Args: (T, B, H, J, KS, gx, wt, bhh, lens, st, act, out).
     """
-    key = ("fwd_persist", cell, np.dtype(dtype).name, bool(grid), int(rb), VT)
+    spec = get_cell(spec)
+    key = ("fwd_persist",) + _spec_key(spec, dtype) + (bool(grid), int(rb), VT)
     if key in _cache:
         return _cache[key]
-    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
+    G, S, zero, nbt = _consts(spec, dtype)
     GRID = bool(grid)
     RB = int(rb)
-    NACC = 4 * RB
+    NACC = G * RB
+    NST = S * RB
     vt = VT
-    fwd_unit, _, stage = _unit(cell, dtype)
+    fwd_unit, _, stage = _unit(spec, dtype)
 
-    def fwd_persist(T, B, H, J, KS, gx, wt, bhh, lens, hs, cs, act, out):
+    def fwd_persist(T, B, H, J, KS, gx, wt, bhh, lens, st, act, out):
         dyn = cuda.shared.array(0, nbt)        # W (J, GH+1 padded); partials (threads, G*RB)
         vsh = cuda.shared.array(vt, nbt)       # (B, kt+1 padded) tile of h_{t-1}
-        acc = cuda.local.array(NACC, nbt)      # (RB, 4) accumulators (registers: RB const)
-        hreg = cuda.local.array(RB, nbt)
-        creg = cuda.local.array(RB, nbt)
+        acc = cuda.local.array(NACC, nbt)      # (RB, G) accumulators (registers: constant)
+        sreg = cuda.local.array(NST, nbt)      # (RB, S) states
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         j0 = cuda.blockIdx.x * J
@@ -412,20 +396,20 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
         if kt > H:
             kt = H
         ks1 = kt + 1
+        ss = (T + 1) * B * H
         for r in range(RB):
-            hreg[r] = zero
-            creg[r] = zero
-            if lead and bq + r < B:
-                hreg[r] = hs[(bq + r) * H + j]
-                if HAS_C:
-                    creg[r] = cs[(bq + r) * H + j]
+            for s in range(S):
+                v = zero
+                if lead and bq + r < B:
+                    v = st[s * ss + (bq + r) * H + j]
+                sreg[r * S + s] = v
         wb = jl * WS
         for t in range(T):
             hrow = t * B * H
             for u in range(NACC):
                 acc[u] = zero
             for k0 in range(0, H, kt):
-                stage(vsh, hs, hrow, 0, B, B, H, k0, kt, ks1, tid, nth)
+                stage(vsh, st, hrow, 0, B, B, H, k0, kt, ks1, tid, nth)
                 if active:
                     n = H - k0
                     if n > kt:
@@ -433,25 +417,13 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
                     w0 = wb + k0
                     for kk in range(ks, n, KS):
                         w = w0 + kk
-                        wv0 = dyn[w]
-                        wv1 = zero
-                        wv2 = zero
-                        wv3 = zero
-                        if G > 1:
-                            wv1 = dyn[w + H]
-                            wv2 = dyn[w + 2 * H]
-                        if G > 3:
-                            wv3 = dyn[w + 3 * H]
-                        for r in range(RB):
-                            hv = zero
-                            if bq + r < B:
-                                hv = vsh[(bq + r) * ks1 + kk]
-                            acc[4 * r] += wv0 * hv
-                            if G > 1:
-                                acc[4 * r + 1] += wv1 * hv
-                                acc[4 * r + 2] += wv2 * hv
-                            if G > 3:
-                                acc[4 * r + 3] += wv3 * hv
+                        for g in range(G):
+                            wv = dyn[w + g * H]
+                            for r in range(RB):
+                                hv = zero
+                                if bq + r < B:
+                                    hv = vsh[(bq + r) * ks1 + kk]
+                                acc[r * G + g] += wv * hv
             if KS > 1:                          # tree over the KS slices of each pair
                 p0 = RED + tid * NACC
                 for u in range(NACC):
@@ -470,9 +442,8 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
                 for r in range(RB):
                     b = bq + r
                     if b < B:
-                        hreg[r], creg[r] = fwd_unit(t, B, H, b, j, acc[4 * r], acc[4 * r + 1],
-                                                    acc[4 * r + 2], acc[4 * r + 3], hreg[r],
-                                                    creg[r], gx, bhh, lens, act, out, hs, cs)
+                        fwd_unit(t, T, B, H, b, j, acc, r * G, sreg, r * S, gx, bhh, lens,
+                                 act, out, st)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -483,24 +454,25 @@ def fwd_persist_kernel(cell, dtype, grid, rb=1):
 
 
 # ----------------------------------------------------------------------------- backward
-def bwd_step_kernel(cell, dtype):
-    """Reverse step t (t = T-1 .. 0, then t = -1 writes dh0/dc0).
+def bwd_step_kernel(spec, dtype):
+    """Reverse step t (t = T-1 .. 0, then t = -1 writes ds0).
 
-    carry = dgh[t+1] @ W_hh[:, j] + hcar (t+1 < T) else dh_n; truncation cut; pointwise
-    backward at t -> dgh[t], dgx[t], hcar, ccar. Launch as fwd_step.
-    Args: (t, T, B, H, trunc, dgh, dgx, w, lens, hs, cs, act, dout, hcar, ccar,
-           dhn, dcn, dh0, dc0); trunc = 0 means no truncation.
+    carry_0 = dgh[t+1] @ W_hh[:, j] + dsc_0 (t+1 < T) else dsn_0, carry_s = dsc_s / dsn_s;
+    truncation cut; the cell's backward at t -> dgh[t], dgx[t], dsc. Launch as fwd_step.
+    Args: (t, T, B, H, trunc, dgh, dgx, w, lens, st, act, dout, dsc, dsn, ds0);
+    trunc = 0 means no truncation.
     """
-    key = ("bwd_step", cell, np.dtype(dtype).name, VT)
+    spec = get_cell(spec)
+    key = ("bwd_step",) + _spec_key(spec, dtype) + (VT,)
     if key in _cache:
         return _cache[key]
-    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
+    G, S, zero, nbt = _consts(spec, dtype)
     vt = VT
-    _, bwd_unit, stage = _unit(cell, dtype)
+    _, bwd_unit, stage = _unit(spec, dtype)
 
-    def bwd_step(t, T, B, H, trunc, dgh, dgx, w, lens, hs, cs, act, dout, hcar, ccar,
-                 dhn, dcn, dh0, dc0):
+    def bwd_step(t, T, B, H, trunc, dgh, dgx, w, lens, st, act, dout, dsc, dsn, ds0):
         vsh = cuda.shared.array(vt, nbt)
+        dreg = cuda.local.array(S, nbt)
         j, b, b0, ty, by, tid, nth, active = step_geometry(B, H)
         GH = G * H
         acc = zero
@@ -521,47 +493,45 @@ def bwd_step_kernel(cell, dtype):
         if not active:
             return
         p = b * H + j
-        dc = zero
+        BH = B * H
         if t + 1 < T:
-            carry = acc + hcar[p]
-            if HAS_C:
-                dc = ccar[p]
+            for s in range(S):
+                dreg[s] = dsc[s * BH + p]
+            dreg[0] += acc
         else:
-            carry = dhn[p]
-            if HAS_C:
-                dc = dcn[p]
-        hc, cc = bwd_unit(t, B, H, b, j, lens[b], trunc, carry, dc, dout, act, hs, cs,
-                          dgh, dgx, dh0, dc0)
+            for s in range(S):
+                dreg[s] = dsn[s * BH + p]
+        bwd_unit(t, T, B, H, b, j, lens[b], trunc, dreg, 0, dout, act, st, dgh, dgx, ds0)
         if t >= 0:
-            hcar[p] = hc
-            if HAS_C:
-                ccar[p] = cc
+            for s in range(S):
+                dsc[s * BH + p] = dreg[s]
 
     _cache[key] = _kernel(bwd_step)
     return _cache[key]
 
 
-def bwd_persist_kernel(cell, dtype, grid):
+def bwd_persist_kernel(spec, dtype, grid):
     """The whole reverse loop in one launch; W_hh[:, units of this block] in dynamic shared
-    memory, layout (J, GH), then the (threads, 1) partial sums; split-K and thread roles
-    as fwd_persist (reduction over the GH gate pre-activations); the ks = 0 thread carries
-    dh/dc in registers.
+    memory, layout (J, GH+1 padded), then the (threads, 1) partial sums; split-K and thread
+    roles as fwd_persist (reduction over the GH gate pre-activations); the ks = 0 thread
+    carries the S state gradients in registers.
 
-    Launch as fwd_persist, dynamic shared memory (J*(GH+1) + G*threads) elements.
-    Args: (T, B, H, J, KS, trunc, dgh, dgx, w, lens, hs, cs, act, dout, dhn, dcn, dh0, dc0).
+    Launch as fwd_persist, dynamic shared memory (J*(GH+1) + threads) elements.
+    Args: (T, B, H, J, KS, trunc, dgh, dgx, w, lens, st, act, dout, dsn, ds0).
     """
-    key = ("bwd_persist", cell, np.dtype(dtype).name, bool(grid), VT)
+    spec = get_cell(spec)
+    key = ("bwd_persist",) + _spec_key(spec, dtype) + (bool(grid), VT)
     if key in _cache:
         return _cache[key]
-    G, HAS_C, _, _, zero, nbt = _consts(cell, dtype)
+    G, S, zero, nbt = _consts(spec, dtype)
     GRID = bool(grid)
     vt = VT
-    _, bwd_unit, stage = _unit(cell, dtype)
+    _, bwd_unit, stage = _unit(spec, dtype)
 
-    def bwd_persist(T, B, H, J, KS, trunc, dgh, dgx, w, lens, hs, cs, act, dout,
-                    dhn, dcn, dh0, dc0):
+    def bwd_persist(T, B, H, J, KS, trunc, dgh, dgx, w, lens, st, act, dout, dsn, ds0):
         dyn = cuda.shared.array(0, nbt)        # W^T slice (J, GH+1 padded); partials
         vsh = cuda.shared.array(vt, nbt)       # (B, kt+1 padded) tile of dgh[t+1]
+        dreg = cuda.local.array(S, nbt)
         tid = cuda.threadIdx.x
         nth = cuda.blockDim.x
         j0 = cuda.blockIdx.x * J
@@ -587,17 +557,17 @@ def bwd_persist_kernel(cell, dtype, grid):
             kt = GH
         ks1 = kt + 1
         p = b * H + j
-        hreg = zero
-        creg = zero
+        BH = B * H
         ln = 0
+        for s in range(S):
+            v = zero
+            if lead:
+                v = dsn[s * BH + p]
+            dreg[s] = v
         if lead:
-            hreg = dhn[p]
-            if HAS_C:
-                creg = dcn[p]
             ln = lens[b]
         wb = jl * WS
         for t in range(T - 1, -2, -1):
-            carry = hreg
             if t + 1 < T:
                 drow = (t + 1) * B * GH
                 acc = zero
@@ -621,10 +591,9 @@ def bwd_persist_kernel(cell, dtype, grid):
                             acc += dyn[RED + tid + half]
                             dyn[RED + tid] = acc
                         span = half
-                carry = acc + hreg
+                dreg[0] += acc
             if lead:
-                hreg, creg = bwd_unit(t, B, H, b, j, ln, trunc, carry, creg, dout, act, hs,
-                                      cs, dgh, dgx, dh0, dc0)
+                bwd_unit(t, T, B, H, b, j, ln, trunc, dreg, 0, dout, act, st, dgh, dgx, ds0)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -679,25 +648,22 @@ def gemm_kernel(dtype):
     return _cache[key]
 
 
-def _nb_type(dtype):
-    from numba import float32, float64
-    return float32 if np.dtype(dtype) == np.float32 else float64
-
-
-# Every kernel factory, for the PTX report: name -> (factory, kind)
-def all_kernels():
-    """(name, kernel, kind) for every kernel version of every cell; kind in
-    {'fwd_step', 'fwd_persist', 'bwd_step', 'bwd_persist', 'gemm'} picks the signature."""
+def all_kernels(cells=None):
+    """(name, kernel, kind, dtype) for every kernel version x every registered cell (or
+    ``cells``) x float32/float64; kind in {'fwd_step', 'fwd_persist', 'bwd_step',
+    'bwd_persist', 'gemm'} picks the signature. Names: fwd_persist_grid_lstm_float32."""
     out = []
     for dtype in ("float32", "float64"):
-        for cell in CELLS:
-            out.append((f"fwd_step[{cell},{dtype}]", fwd_step_kernel(cell, dtype), "fwd_step", dtype))
-            out.append((f"bwd_step[{cell},{dtype}]", bwd_step_kernel(cell, dtype), "bwd_step", dtype))
+        for name in (list(CELLS) if cells is None else cells):
+            spec = get_cell(name)
+            tag = f"{spec.name}_{dtype}"
+            out.append((f"fwd_step_{tag}", fwd_step_kernel(spec, dtype), "fwd_step", dtype))
+            out.append((f"bwd_step_{tag}", bwd_step_kernel(spec, dtype), "bwd_step", dtype))
             for grid in (False, True):
-                tag = "grid" if grid else "1block"
-                out.append((f"fwd_persist_{tag}_rb{PERSIST_RB}[{cell},{dtype}]",
-                            fwd_persist_kernel(cell, dtype, grid, PERSIST_RB), "fwd_persist", dtype))
-                out.append((f"bwd_persist_{tag}[{cell},{dtype}]",
-                            bwd_persist_kernel(cell, dtype, grid), "bwd_persist", dtype))
-        out.append((f"gemm[{dtype}]", gemm_kernel(dtype), "gemm", dtype))
+                g = "grid" if grid else "1block"
+                out.append((f"fwd_persist_{g}_{tag}",
+                            fwd_persist_kernel(spec, dtype, grid, PERSIST_RB), "fwd_persist", dtype))
+                out.append((f"bwd_persist_{g}_{tag}",
+                            bwd_persist_kernel(spec, dtype, grid), "bwd_persist", dtype))
+        out.append((f"gemm_{dtype}", gemm_kernel(dtype), "gemm", dtype))
     return out

@@ -1,13 +1,17 @@
 """PTX report: compile every CUDA kernel of gpurnn for sm_90 with no GPU, check and size it.
 
 What it does: for every kernel version (fwd/bwd step, fwd/bwd persistent single-block and
-grid, gemm) x every cell x float32/float64, ``cuda.compile_ptx(..., cc=(9, 0))``; asserts
+grid, gemm) x every registered cell (gpurnn.cells.names(); the kernels are generated from
+each cell's spec) x float32/float64, ``cuda.compile_ptx(..., cc=(9, 0))``; asserts
 that no float32 kernel contains a float64 instruction (``.f64``); reports registers,
 spills and shared memory per kernel from ``ptxas -v`` when a ptxas is found (the
 nvidia-cuda-nvcc wheel or PATH), else the PTX-declared register counts (``.reg``).
 
 Run (own process; the simulator must be OFF, no GPU needed):
     NUMBA_ENABLE_CUDASIM=0 python -m gpurnn.cuda.ptx_report [--out report.md] [--ptx-dir DIR]
+                                                            [--cells lstm,gru]
+Kernel names: fwd_step_lstm_float32, fwd_persist_grid_lstm_float32 (persistent forward
+with RB = kernels.PERSIST_RB), bwd_persist_1block_gru_float64, gemm_float32, ...
 Exit status 0 when every float32 kernel is free of .f64, 1 otherwise; 3 when numba-cuda's
 CUDA extra (NVVM) is missing. Tested by tests/test_cuda_ptx.py.
 """
@@ -40,14 +44,14 @@ def _signature(kind, dtype):
     f = (float32 if dtype == "float32" else float64)[::1]
     i = int64
     lens = int32[::1]
-    if kind == "fwd_step":
-        return void(i, i, i, i, f, f, f, lens, f, f, f, f)
-    if kind == "fwd_persist":
-        return void(i, i, i, i, i, f, f, f, lens, f, f, f, f)
-    if kind == "bwd_step":
-        return void(i, i, i, i, i, f, f, f, lens, f, f, f, f, f, f, f, f, f, f)
-    if kind == "bwd_persist":
-        return void(i, i, i, i, i, i, f, f, f, lens, f, f, f, f, f, f, f, f)
+    if kind == "fwd_step":        # (t, T, B, H, gx, wt, bhh, lens, st, act, out)
+        return void(i, i, i, i, f, f, f, lens, f, f, f)
+    if kind == "fwd_persist":     # (T, B, H, J, KS, gx, wt, bhh, lens, st, act, out)
+        return void(i, i, i, i, i, f, f, f, lens, f, f, f)
+    if kind == "bwd_step":        # (t, T, B, H, trunc, dgh, dgx, w, lens, st, act, dout, dsc, dsn, ds0)
+        return void(i, i, i, i, i, f, f, f, lens, f, f, f, f, f, f)
+    if kind == "bwd_persist":     # (T, B, H, J, KS, trunc, dgh, dgx, w, lens, st, act, dout, dsn, ds0)
+        return void(i, i, i, i, i, i, f, f, f, lens, f, f, f, f, f)
     if kind == "gemm":
         return void(i, i, i, f, i, i, f, i, i, f, f, boolean)
     raise ValueError(kind)
@@ -107,6 +111,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="also write the Markdown table here")
     ap.add_argument("--ptx-dir", help="write each kernel's PTX here")
+    ap.add_argument("--cells", help="comma-separated cell names (default: every registered cell)")
     args = ap.parse_args(argv)
 
     from numba import config
@@ -125,12 +130,12 @@ def main(argv=None):
 
     ptxas = _ptxas()
     rows, bad = [], []
-    for name, kern, kind, dtype in K.all_kernels():
+    for name, kern, kind, dtype in K.all_kernels(args.cells.split(",") if args.cells else None):
         ptx, _ = cuda.compile_ptx(kern.py_func, _signature(kind, dtype), cc=CC,
                                   **({"lineinfo": True} if os.environ.get("GPURNN_LINEINFO") == "1" else {}))
         if args.ptx_dir:
             os.makedirs(args.ptx_dir, exist_ok=True)
-            with open(os.path.join(args.ptx_dir, re.sub(r"[^\w]+", "_", name) + ".ptx"), "w") as fh:
+            with open(os.path.join(args.ptx_dir, name + ".ptx"), "w") as fh:
                 fh.write(ptx)
         f64 = f64_lines(ptx)
         if dtype == "float32" and f64:
