@@ -6,8 +6,8 @@ The compile tests use backend="aot_eager" (dynamo + AOTAutograd, the same graphs
 gets, without inductor's C++ build, which costs ~35 s cold on a 2-core machine)."""
 import pytest
 
-torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch: the 8 compile/export tests"
-                            " of this module are skipped (pip install gpurnn[torch])")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 7 compile/export tests"
+                            " in this module are skipped (pip install gpurnn[torch])")
 
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402
