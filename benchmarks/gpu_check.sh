@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# gpu_check.sh: everything a lent GPU (H100) should tell us about gpurnn's cuda backend,
-# in one run that fits in 8 minutes, with no network.
+# gpu_check.sh: check gpurnn's cuda backend on your NVIDIA GPU (tested on an H100/H200) in
+# one run of about 8 minutes that needs no network.
 #
-#   PYTHONPATH=. bash benchmarks/gpu_check.sh          (from the repository root)
+#   pip install -e ".[cuda12,test-cu12]"               # or .[cuda13,test-cu13] for a CUDA 13 driver
+#   PYTHONPATH=. OUT=out bash benchmarks/gpu_check.sh  # from the repository root
 #
+# What it does:
 # 1. environment: nvidia-smi, driver, python, numba, numba-cuda, cupy, torch versions
-# 2. the whole test suite on the real GPU, simulator off (GPURNN_REAL_GPU=1,
+# 2. the whole test suite on your GPU, simulator off (GPURNN_REAL_GPU=1,
 #    NUMBA_ENABLE_CUDASIM=0; multi-block persistent kernels included), TWICE, and the two
 #    runs' per-test outcomes compared (a race shows up as a result that moves)
 # 3. the PTX report (sm_90 PTX of every kernel, registers/smem, f64 check), in the
 #    background during the test runs (CPU only)
 # 4. benchmarks/bench_gpu.py: gpurnn step vs persistent vs torch.nn.LSTM cuDNN fp32/fp16
-# Writes at most 8 files under $OUT (default ./gpu_check_out):
+# Writes at most 8 files under $OUT (default ./gpu_check_out); attach summary.txt (and the
+# logs it points to) to a bug report:
 #   env.txt tests_run1.log tests_run2.log ptx_report.md bench.csv bench.md bench.log summary.txt
+# T_TESTS / T_PTX / T_BENCH (seconds) bound each part.
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"

@@ -303,12 +303,38 @@ def collect_info():
     for dist in ("numpy", "scipy", "numba", "numba-cuda", "cupy-cuda12x", "cupy-cuda13x", "cupy",
                  "torch", "matplotlib"):
         rows.append((dist, _safe(lambda d=dist: metadata.version(d), "not installed")))
+    rows.append(("cuda-bindings", _safe(lambda: metadata.version("cuda-bindings"), "not installed")))
+    rows.append(("CUDA toolkit packages", _safe(_toolkit_packages, "unknown")))
     sim = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
     rows.append(("CUDA simulator", "on (NUMBA_ENABLE_CUDASIM=1)" if sim else "off"))
     rows.append(("GPU / driver", _safe(_gpu_description, "none found")))
     rows.append(("backends available", _safe(lambda: ", ".join(__import__("gpurnn").available_backends()))))
     rows.append(("backend 'auto' picks", _safe(lambda: __import__("gpurnn").get_backend("auto").name)))
+    rows.append(("cuda GEMM path", _safe(_gemm_path)))
     return rows
+
+
+def _toolkit_packages():
+    """The pip-installed CUDA toolkit pieces (numba-cuda[cu12/cu13] brings them)."""
+    from importlib import metadata
+    found = sorted({(d.metadata["Name"], d.version) for d in metadata.distributions()
+                    if d.metadata["Name"] and (d.metadata["Name"].lower().startswith("nvidia-")
+                                               or d.metadata["Name"].lower() == "cuda-toolkit")})
+    if not found:
+        return "none (no NVVM: real PTX needs pip install -e '.[test-cu12]' or '.[cuda12]')"
+    return ", ".join(f"{name} {version}" for name, version in found)
+
+
+def _gemm_path():
+    """Which GEMM the cuda backend's input projection and weight gradients will use."""
+    import gpurnn
+    if "cuda" not in gpurnn.available_backends():
+        return "none (no cuda backend here; the cpu backend's GEMMs are NumPy's BLAS)"
+    from gpurnn.cuda.backend import _cupy
+    if _cupy() is not None:
+        return "cuBLAS via CuPy"
+    why = "the CUDA simulator" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "CuPy not importable"
+    return f"Numba gemm kernel (fallback: {why}; pip install -e '.[cuda12]' for cuBLAS)"
 
 
 def _gpu_description():

@@ -132,25 +132,34 @@ def decay_rate(flow, start=5, stop=None):
 
 
 def plot_gradient_flow(flows, path):
-    """Two log-scale panels: ||dL/dh_t|| (full and truncated) and the Jacobian products."""
+    """Two log-scale panels: ||dL/dh_t|| (full and truncated) and the Jacobian products.
+
+    A truncated curve is exactly zero past the cut, which a log axis cannot draw: it ends in
+    an "x" at its last nonzero point, so the cut is visible even where it hides under the
+    full curve. Legends sit below the panels, off the data."""
     from .plotting import pyplot
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
     for i, (cell, f) in enumerate(flows.items()):
         color = f"C{i}"
         ax1.semilogy(f.distance, f.grad_norm, color=color, label=f"{cell}")
         nz = f.grad_norm_truncated > 0
         ax1.semilogy(f.distance[nz], f.grad_norm_truncated[nz], color=color, ls="--", lw=2.5, alpha=0.6,
                      label=f"{cell}, truncated k={f.truncate}")
+        if nz.any() and not nz.all():       # where the truncated gradient becomes exactly 0
+            last = np.flatnonzero(nz)[-1]
+            ax1.semilogy(f.distance[last], f.grad_norm_truncated[last], "x", color=color, ms=9, mew=2.5)
         ax2.semilogy(f.distance, f.jacobian_norm, color=color, label=cell)
     k = next(iter(flows.values())).truncate
-    ax1.axvline(k, color="gray", ls=":", label=f"truncation: nothing beyond k={k}")
+    ax1.axvline(k, color="gray", ls=":", label=f"truncation: exactly 0 beyond k={k} (x)")
     ax1.set_title("gradient reaching h_t:  ||dL/dh_t||")
+    ax1.set_ylabel("||dL/dh_t||  (log scale)")
     ax2.set_title("Jacobian product  ||J_T ... J_{t+1}||_2")
+    ax2.set_ylabel("spectral norm  (log scale)")
     for ax in (ax1, ax2):
         ax.set_xlabel("distance T - t (steps)")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -264,7 +264,7 @@ def plot_forecasts(results, path, span=150):
     """One panel per series: the last ``span`` test steps and each model's forecast."""
     from .plotting import pyplot
     plt = pyplot()
-    fig, axes = plt.subplots(len(results), 1, figsize=(9, 3.3 * len(results)))
+    fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.3 * len(results)))
     axes = np.atleast_1d(axes)
     for ax, (name, (mse, preds, z, split)) in zip(axes, results.items()):
         span = min(span, len(z) - split)
@@ -273,9 +273,10 @@ def plot_forecasts(results, path, span=150):
         for model, p in preds.items():
             ax.plot(t, p[-span:], lw=1, label=f"{model} (MSE {mse[model]:.3f})")
         ax.set_title(name)
-        ax.set_xlabel("t")
-        ax.legend(fontsize=7, ncol=2)
+        ax.set_xlabel("t (test steps)")
+        ax.set_ylabel("value")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the data
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")   # keep the outside legends
     plt.close(fig)

@@ -5,38 +5,42 @@
     out, (h_n, c_n) = lstm(x)                  # as torch.nn.LSTM; x may be a PackedSequence
     out, (h_n, c_n) = lstm(x, lengths=lens)    # extension: right-padded x with (B,) lengths
     loss(out).backward()                       # gradients reach x, (h0, c0) and every weight
+    torch.compile(model, fullgraph=True)       # no graph break: the layers are custom ops
 
-The modules subclass ``torch.nn.RNNBase``: same constructor arguments, parameter names,
-shapes and initialisation (the same ``torch.manual_seed`` gives the same weights as
-``torch.nn.LSTM``), ``state_dict`` interchangeable with torch's, ``train()/eval()`` for
-dropout. Only the computation differs: every layer runs through ``_LayerFunction``, a
-``torch.autograd.Function`` whose forward calls a one-layer gpurnn module (numpy, cpu or
-cuda backend) and whose backward runs gpurnn's BPTT from the tape the forward kept.
+The modules subclass ``torch.nn.RNNBase``: the same constructor (positional order, keywords
+and torch's own argument checks), parameter names, shapes and initialisation (the same
+``torch.manual_seed`` gives the same weights as ``torch.nn.LSTM``), ``state_dict``
+interchangeable with torch's, ``train()/eval()`` for dropout. Only the computation differs:
+every layer (both directions) is one call of the custom op ``gpurnn::layer_forward``, whose
+backward is ``gpurnn::layer_backward`` (gpurnn's BPTT); the tape between them travels as
+tensors, so ``torch.compile`` and ``torch.export`` see two opaque ops with fake (meta)
+implementations. A backward run with ``create_graph=True`` (double backward, gradient
+penalties) instead differentiates a torch-ops implementation of the same recurrence.
 
 * CPU tensors: backend "cpu" (Numba) when available, else "numpy". Parameters, input and
-  state reach gpurnn as zero-copy NumPy views (``tensor.detach().numpy()``); results come
-  back with ``torch.from_numpy`` (zero-copy).
+  state reach gpurnn as zero-copy NumPy views; results come back zero-copy.
 * CUDA tensors: backend "cuda"; tensors reach it as CuPy arrays through
   ``__cuda_array_interface__`` (zero-copy) and everything is issued on torch's current
   stream (see kernels_docs/torch_bridge.md).
 * Dropout between layers is ``torch.nn.functional.dropout`` on each layer's output, so it
-  draws from torch's RNG (``torch.manual_seed`` reproduces it). The masks are *not*
-  guaranteed to equal torch.nn's (cuDNN and packed inputs draw them differently).
-* float32 and float64. Anything gpurnn cannot do (``proj_size > 0``, half precision, a
-  backend that does not match the tensors' device, ...) raises ``UnsupportedError`` (a
-  NotImplementedError that is also a ValueError and a TypeError) naming what is
-  unsupported and what to use instead.
+  draws from torch's RNG (``torch.manual_seed`` reproduces it).
+* Errors are raised as torch raises them and as gpurnn does: ``ShapeError`` is a ValueError
+  and a RuntimeError, ``DtypeError`` a TypeError, ValueError and RuntimeError. Anything
+  gpurnn cannot do (LSTM ``proj_size > 0``, half precision, a backend that does not match
+  the tensors' device, ...) raises ``UnsupportedError`` (a NotImplementedError that is also
+  a ValueError and a TypeError) naming what to use instead.
 
 torch is optional: ``import gpurnn`` never imports this module.
 """
 import contextlib
 import threading
 from collections import OrderedDict
+from typing import List, NamedTuple, Optional, Tuple
 
 try:
     import torch
     import torch.nn.functional as F
-    from torch.autograd.function import once_differentiable
+    from torch import Tensor
     from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 except ImportError as _exc:  # pragma: no cover - exercised only without torch
     raise ImportError("gpurnn.torch needs PyTorch, which is not installed here: "
@@ -46,16 +50,28 @@ import numpy as np
 
 from . import layers as _layers
 from .backend import BackendUnavailable, available_backends, get_backend
+from .cells import cell_spec
 from .validation import check_lengths
 
-__all__ = ["RNN", "LSTM", "GRU", "UnsupportedError"]
+__all__ = ["RNN", "LSTM", "GRU", "UnsupportedError", "ShapeError", "DtypeError"]
 
 _TORCH_TO_NUMPY_DTYPE = {torch.float32: "float32", torch.float64: "float64"}
 _BACKEND_NAMES = ("auto", "numpy", "cpu", "cuda")
 
 
+# --------------------------------------------------------------------------- errors
 class UnsupportedError(NotImplementedError, ValueError, TypeError):
     """A combination gpurnn.torch does not run; the message says what to use instead."""
+
+
+class ShapeError(ValueError, RuntimeError):
+    """A shape torch.nn rejects with RuntimeError (input_size, hx shape, T=0) and gpurnn with
+    ValueError: ``except RuntimeError`` written for torch and ``except ValueError`` both catch it."""
+
+
+class DtypeError(TypeError, ValueError, RuntimeError):
+    """An input or state whose dtype differs from the weights': gpurnn raises TypeError,
+    torch.nn ValueError for the input and RuntimeError for hx."""
 
 
 # --------------------------------------------------------------------------- conversions
@@ -72,10 +88,7 @@ class _HostConverter:
 
     @staticmethod
     def to_tensor(a):
-        a = np.asarray(a)
-        if not a.flags.writeable or any(s < 0 for s in a.strides):
-            a = np.ascontiguousarray(a).copy()   # from_numpy: no read-only or reversed views
-        return torch.from_numpy(a)
+        return _numpy_to_tensor(np.asarray(a))
 
     @contextlib.contextmanager
     def running(self, backend):
@@ -129,6 +142,12 @@ class _CudaConverter:
                     cp.cuda.Device().synchronize()
 
 
+def _numpy_to_tensor(a):
+    if not a.flags.writeable or any(s < 0 for s in a.strides):
+        a = np.ascontiguousarray(a).copy()   # from_numpy: no read-only or reversed views
+    return torch.from_numpy(a)
+
+
 def _converter(device):
     if device.type == "cpu":
         return _HostConverter(device)
@@ -139,87 +158,526 @@ def _converter(device):
 
 
 # --------------------------------------------------------------------------- one layer
-class _LayerRunner:
-    """A one-layer gpurnn module (both directions) reused by every call of one layer.
+class _LayerConfig(NamedTuple):
+    """What a layer op needs besides tensors, spelled as the op's string argument ``key``
+    (custom ops take tensors and plain values only, so the key names the runner)."""
+    cell: str
+    input_size: int
+    hidden_size: int
+    bias: bool
+    bidirectional: bool
+    backend: str         # a backend name, or a token from _backend_token for an object
 
-    Each call loads the live parameter views, runs forward and takes the tape away into
-    the autograd context, so any number of forwards may be pending before their
-    backwards (reused modules, gradcheck, checkpointing). The lock serialises calls that
-    share the runner across threads (nn.DataParallel replicas share this object).
+    @property
+    def key(self):
+        return "|".join(str(int(v) if isinstance(v, bool) else v) for v in self)
+
+    @classmethod
+    def from_key(cls, key):
+        cell, i, h, bias, bidir, backend = key.split("|")
+        return cls(cell, int(i), int(h), bias == "1", bidir == "1", backend)
+
+    @property
+    def n_states(self):
+        return 2 if cell_spec(self.cell).has_cell_state else 1
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+
+_BACKEND_OBJECTS = {}       # token -> a configured backend object passed as backend=
+
+
+def _backend_token(backend):
+    """Validate ``backend=`` and return the string that names it inside a layer key."""
+    if isinstance(backend, str):
+        if backend not in _BACKEND_NAMES:
+            raise ValueError(f"backend: expected one of {list(_BACKEND_NAMES)} or a gpurnn backend"
+                             f" object, got {backend!r}")
+        if backend != "auto":
+            get_backend(backend)      # BackendUnavailable now rather than at the first call
+        return backend
+    if not (hasattr(backend, "forward") and hasattr(backend, "backward")):
+        raise TypeError(f"backend: expected a name or a gpurnn backend object, got "
+                        f"{type(backend).__name__}")
+    token = f"object-{id(backend):x}"
+    _BACKEND_OBJECTS[token] = backend     # kept alive: a compiled graph may name it later
+    return token
+
+
+class _LayerRunner:
+    """A one-layer gpurnn module (both directions), shared by every call of layers with
+    one configuration, dtype and device.
+
+    Each call passes the live parameter views and takes the tape away, so any number of
+    forwards may be pending before their backwards (reused modules, gradcheck,
+    checkpointing). The lock serialises calls from several threads (DataParallel).
     """
 
-    def __init__(self, cell, input_size, hidden_size, bias, bidirectional, backend, dtype):
-        kwargs = dict(num_layers=1, bias=bias, batch_first=False, dropout=0.0,
-                      bidirectional=bidirectional, backend=backend, dtype=dtype, seed=0)
-        self.module = _layers.make_layer(cell, input_size, hidden_size, **kwargs)
-        self.has_cell_state = cell == "lstm"
-        self.names = list(self.module.parameters().keys())   # gpurnn names, *_l0[_reverse]
+    def __init__(self, config, backend, dtype):
+        kwargs = dict(num_layers=1, bias=config.bias, batch_first=False, dropout=0.0,
+                      bidirectional=config.bidirectional, backend=backend, dtype=dtype, seed=0)
+        self.module = _layers.make_layer(config.cell, config.input_size, config.hidden_size,
+                                         **kwargs)
+        self.backend = backend
+        self.config = config
+        self.names = _param_names(0, config.bidirectional, config.bias)   # gpurnn's are torch's
+        self.tape_layouts = {}
         self.lock = threading.Lock()
 
-    def forward(self, x, h0, c0, lengths, params):
-        m = self.module
-        hx = (h0, c0) if self.has_cell_state else h0
-        with self.lock:
-            res, tape = m.forward_tape(x, hx, lengths, params=OrderedDict(zip(self.names, params)))
-        if self.has_cell_state:
-            out, (h_n, c_n) = res
-        else:
-            (out, h_n), c_n = res, None
-        return out, h_n, c_n, tape
+    # gpurnn.layers takes LSTM state as (h, c) and the others' as h; the bridge always
+    # speaks tuples, one array per state, as the cell registry will.
+    def _pack(self, states):
+        return tuple(states) if self.config.n_states > 1 else states[0]
 
-    def backward(self, tape, dout, dh_n, dc_n):
-        dh = (dh_n, dc_n) if self.has_cell_state else dh_n
+    def _unpack(self, state):
+        return tuple(state) if self.config.n_states > 1 else (state,)
+
+    def forward(self, x, state0, lengths, params):
+        """Arrays in: x (T, B, I), state0 a tuple of (D, B, H) or None, host lengths or None.
+        Returns (out, state_n tuple, tape)."""
+        hx = None if state0 is None else self._pack(state0)
         with self.lock:
-            dx, dh0, grads = self.module.backward_tape(tape, dout, dh)
-        grads = [grads[n] for n in self.names]
-        dh0, dc0 = dh0 if self.has_cell_state else (dh0, None)
-        return dx, dh0, dc0, grads
+            (out, state_n), tape = self.module.forward_tape(
+                x, hx, lengths, params=OrderedDict(zip(self.names, params)))
+        return out, self._unpack(state_n), tape
+
+    def backward(self, tape, dout, dstate_n):
+        """Returns (dx, dstate0 tuple, grads in the order of ``names``)."""
+        dh = None if dstate_n is None else self._pack(dstate_n)
+        with self.lock:
+            dx, dstate0, grads = self.module.backward_tape(tape, dout, dh)
+        return dx, self._unpack(dstate0), [grads[n] for n in self.names]
+
+
+def _param_names(layer, bidirectional, bias):
+    """torch's names of one layer's parameters, in the order the layer ops take them."""
+    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
+    return [f"{k}_l{layer}{s}" for s in (("", "_reverse") if bidirectional else ("",)) for k in kinds]
+
+
+_runners = {}
+_runners_lock = threading.Lock()
+
+
+def _runner_for(key, dtype, device):
+    """The runner and converter behind a layer key for tensors of this dtype and device."""
+    index = (key, dtype, str(device))
+    runner = _runners.get(index)
+    if runner is None:
+        config = _LayerConfig.from_key(key)
+        requested = _BACKEND_OBJECTS.get(config.backend, config.backend)
+        backend = _resolve_backend(requested, device, dtype)
+        with _runners_lock:
+            runner = _runners.setdefault(
+                index, _LayerRunner(config, backend, _TORCH_TO_NUMPY_DTYPE[dtype]))
+    return runner, _converter(device)
+
+
+# --------------------------------------------------------------------------- the tape as tensors
+# The tape is the backend's opaque dict. Custom ops return tensors only, so its arrays
+# travel as tensors (zero-copy) and everything else (the structure, cell names, flags, the
+# CPU backend's split plan) stays on the runner as a _TapeLayout, one per shape signature:
+# those values depend on shapes only, so every tape of that signature shares them.
+# Arrays that are views of the op's own inputs or outputs (x, the weights) travel as a
+# reference to that input: a custom op's outputs may not alias its inputs.
+# This pair of functions is the only place that knows what a tape is made of.
+
+class _TapeLayout(NamedTuple):
+    tree: object          # the tape with a _Ref in place of each array
+    metas: tuple          # (shape, torch dtype, device) of each tape tensor, for the fake op
+
+
+class _Ref(NamedTuple):
+    source: str           # "tape": tensors[index]; "known": the op's known[index]
+    index: int
+    kind: str = ""        # "numpy", "cupy" or "numba": the array type to rebuild
+
+
+def _array_kind(a):
+    if isinstance(a, np.ndarray):
+        return "numpy"
+    if hasattr(a, "__cuda_array_interface__"):
+        return "numba" if type(a).__module__.startswith("numba") else "cupy"
+    return None
+
+
+def _array_span(a):
+    """(start, end, shape, strides, dtype) of a non-empty array: equal spans are equal views."""
+    iface = a.__array_interface__ if isinstance(a, np.ndarray) else a.__cuda_array_interface__
+    start = iface["data"][0]
+    end = start + sum((n - 1) * abs(s) for n, s in zip(a.shape, a.strides)) + a.itemsize
+    return start, end, tuple(a.shape), tuple(a.strides), np.dtype(a.dtype).str
+
+
+def _memory_owner(a):
+    """Arrays with different owners cannot overlap (device arrays: one group, compared by span)."""
+    if not isinstance(a, np.ndarray):
+        return None
+    while isinstance(a.base, np.ndarray):
+        a = a.base
+    return id(a if a.base is None else a.base)
+
+
+def _map_tree(fn, v):
+    """fn applied to every leaf of nested dicts, lists and tuples (named ones included)."""
+    if isinstance(v, dict):
+        return {k: _map_tree(fn, x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)) and not isinstance(v, _Ref):
+        items = [_map_tree(fn, x) for x in v]
+        return type(v)(*items) if hasattr(v, "_fields") else type(v)(items)
+    return fn(v)
+
+
+def _tape_to_tensors(tape, known):
+    """tape -> (tensors, layout); ``known`` are the op's input and output arrays."""
+    refs = {id(a): _Ref("known", j) for j, a in enumerate(known)}
+    peers = {}                       # memory owner -> [(array, its ref)] seen so far
+    for a in known:
+        peers.setdefault(_memory_owner(a), []).append((a, refs[id(a)]))
+    tensors = []
+
+    def encode(v):
+        kind = _array_kind(v)
+        if kind is None:
+            return v
+        ref = refs.get(id(v))
+        if ref is None:
+            group = peers.setdefault(_memory_owner(v), [])
+            span = _array_span(v) if group and v.size else None
+            spans = [(_array_span(a), r) for a, r in group if a.size] if span else []
+            ref = next((r for s, r in spans if s == span), None)     # a view seen already
+            if ref is None:
+                t = _numpy_to_tensor(v) if kind == "numpy" else torch.as_tensor(v)
+                if any(span[0] < s[1] and s[0] < span[1] for s, _ in spans):
+                    t = t.clone()    # overlaps an input, an output or another tape array
+                ref = _Ref("tape", len(tensors), kind)
+                tensors.append(t)
+                group.append((v, ref))
+            refs[id(v)] = ref
+        return ref
+
+    tree = _map_tree(encode, tape)
+    return tensors, _TapeLayout(tree, tuple((tuple(t.shape), t.dtype, t.device) for t in tensors))
+
+
+def _tape_from_tensors(tensors, layout, known):
+    """The inverse of _tape_to_tensors: the backend's tape, its arrays views of ``tensors``."""
+    def native(t, kind):
+        if kind == "numpy":
+            return t.detach().numpy()
+        if kind == "cupy":
+            import cupy
+            return cupy.asarray(t.detach())
+        from numba import cuda
+        return cuda.from_cuda_array_interface(t.__cuda_array_interface__, owner=t, sync=False)
+
+    def decode(v):
+        if not isinstance(v, _Ref):
+            return v
+        return known[v.index] if v.source == "known" else native(tensors[v.index], v.kind)
+
+    return _map_tree(decode, layout.tree)
+
+
+def _tape_signature(x, state0, lengths):
+    """What a tape's layout may depend on besides the runner: shapes and which are given."""
+    T, B = int(x.shape[0]), int(x.shape[1])
+    return T, B, len(state0), lengths is not None
+
+
+# --------------------------------------------------------------------------- one layer call
+# Two front-ends share these bodies: eager calls go through _LayerFunction, which keeps the
+# tape object in its autograd context (the fastest path: a custom op's dispatch costs about
+# 0.1 ms a call); under torch.compile / torch.export the layer is the custom op pair
+# gpurnn::layer_forward / gpurnn::layer_backward, with the tape as tensors.
+
+def _host_lengths(lengths, T, B):
+    if lengths is None:
+        return None
+    return check_lengths(lengths.detach().cpu().numpy(), B, T)
+
+
+def _forward_body(key, x, state0, lengths, params):
+    """Run a layer: (out, state_n list) as tensors, the tape, and the arrays the tape may
+    view (its inputs and outputs, for _tape_to_tensors)."""
+    runner, conv = _runner_for(key, x.dtype, x.device)
+    lens = _host_lengths(lengths, x.shape[0], x.shape[1])
+    with conv.running(runner.backend):
+        a = conv.to_array
+        x_a, s0_a, p_a = a(x), [a(s) for s in state0], [a(p) for p in params]
+        out, state_n, tape = runner.forward(x_a, tuple(s0_a) or None, lens, p_a)
+        result = conv.to_tensor(out), [conv.to_tensor(s) for s in state_n]
+    return result, tape, [x_a, *s0_a, *([] if lens is None else [lens]), *p_a, out, *state_n]
+
+
+def _kernel_backward(key, x, tape, dout, dstate_n):
+    """gpurnn's BPTT through ``tape``: (dx, dstate0 list, dparams list) as tensors.
+    dstate_n: a list of tensors, or [] for zeros."""
+    runner, conv = _runner_for(key, x.dtype, x.device)
+    with conv.running(runner.backend):
+        a = conv.to_array
+        dx, dstate0, grads = runner.backward(tape, a(dout), [a(d) for d in dstate_n] or None)
+        return (conv.to_tensor(dx), [conv.to_tensor(d) for d in dstate0],
+                [conv.to_tensor(g) for g in grads])
+
+
+def _backward_body(key, x, state0, lengths, params, dout, dstate_n, kernel):
+    """Gradients for (x, state0, params) from the incoming ones (None = zero).
+    ``kernel(dout, dstate_n)`` runs gpurnn's BPTT; with create_graph=True (grad mode on in
+    a backward) the gradients must themselves be differentiable, so the torch-ops
+    recurrence is differentiated instead."""
+    config = _LayerConfig.from_key(key)
+    T, B, _ = x.shape
+    if dout is None:
+        dout = x.new_zeros((T, B, config.num_directions * config.hidden_size))
+    if any(d is not None for d in dstate_n):
+        dstate_n = [x.new_zeros((config.num_directions, B, config.hidden_size)) if d is None
+                    else d.contiguous() for d in dstate_n]
+    else:
+        dstate_n = []
+    if torch.is_grad_enabled():
+        dx, dstate0, dparams = _differentiable_grads(config, x, state0, lengths, params, dout,
+                                                     dstate_n)
+    else:
+        dx, dstate0, dparams = kernel(dout.contiguous(), dstate_n)
+    return dx, list(dstate0)[:len(state0)], list(dparams)
 
 
 class _LayerFunction(torch.autograd.Function):
-    """One layer (both directions) of gpurnn inside torch.autograd.
+    """The eager front-end: one layer (both directions) inside torch.autograd.
 
-    Inputs: runner, converter, backend, lengths (host int array or None), x (T, B, F)
-    contiguous, h0 and c0 (D, B, H) or None, then the layer's parameters in the runner's
-    order. Outputs: out (T, B, D*H), h_n (D, B, H) and, for LSTM, c_n.
-    """
+    apply(key, lengths, n_state0, x, *state0, *params) -> (out, *state_n)."""
 
     @staticmethod
-    def forward(ctx, runner, conv, backend, lengths, x, h0, c0, *params):
-        with conv.running(backend):
-            p_arr = [conv.to_array(p) for p in params]
-            out, h_n, c_n, tape = runner.forward(
-                conv.to_array(x), None if h0 is None else conv.to_array(h0),
-                None if c0 is None else conv.to_array(c0), lengths, p_arr)
-            results = [conv.to_tensor(out), conv.to_tensor(h_n)]
-            if runner.has_cell_state:
-                results.append(conv.to_tensor(c_n))
-        ctx.runner, ctx.conv, ctx.backend, ctx.tape = runner, conv, backend, tape
-        ctx.out_shape, ctx.out_dtype = tuple(out.shape), x.dtype
-        # Saved only so torch's version counters catch in-place changes to what the tape
-        # views (the input and the weights) between forward and backward.
-        ctx.save_for_backward(x, *params)
+    def forward(ctx, key, lengths, n_state0, x, *tensors):
+        state0, params = list(tensors[:n_state0]), list(tensors[n_state0:])
+        (out, state_n), tape, _ = _forward_body(key, x, state0, lengths, params)
+        ctx.key, ctx.lengths, ctx.n_state0, ctx.tape = key, lengths, n_state0, tape
+        # Saved also so that torch's version counters catch an in-place change (an
+        # optimizer.step()) of memory the tape views, between forward and backward.
+        ctx.save_for_backward(x, *tensors)
         ctx.set_materialize_grads(False)
-        return tuple(results)
+        return (out, *state_n)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, dout, dh_n, dc_n=None):
-        ctx.saved_tensors   # raises if x or a weight was modified in place since forward
-        conv, runner = ctx.conv, ctx.runner
-        if dout is None:
-            dout = torch.zeros(ctx.out_shape, dtype=ctx.out_dtype, device=conv.device)
-        with conv.running(ctx.backend):
-            dx, dh0, dc0, grads = runner.backward(
-                ctx.tape, conv.to_array(dout.contiguous()),
-                None if dh_n is None else conv.to_array(dh_n.contiguous()),
-                None if dc_n is None else conv.to_array(dc_n.contiguous()))
-            need = ctx.needs_input_grad
-            dx = conv.to_tensor(dx) if need[4] else None
-            dh0 = conv.to_tensor(dh0) if need[5] else None
-            dc0 = conv.to_tensor(dc0) if (need[6] and dc0 is not None) else None
-            dparams = [conv.to_tensor(g) if need[7 + i] else None for i, g in enumerate(grads)]
-        return (None, None, None, None, dx, dh0, dc0, *dparams)
+    def backward(ctx, dout, *dstate_n):
+        x, *tensors = ctx.saved_tensors
+        state0, params = tensors[:ctx.n_state0], tensors[ctx.n_state0:]
+        dx, dstate0, dparams = _backward_body(
+            ctx.key, x, state0, ctx.lengths, params, dout, dstate_n,
+            lambda do, ds: _kernel_backward(ctx.key, x, ctx.tape, do, ds))
+        return (None, None, None, dx, *dstate0, *dparams)
+
+
+# --------------------------------------------------------------------------- custom ops
+def _tape_signature(x, state0, lengths):
+    """What a tape's layout may depend on besides the runner: shapes and which are given."""
+    return int(x.shape[0]), int(x.shape[1]), len(state0), lengths is not None
+
+
+def _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape):
+    (out, state_n), tape, known = _forward_body(key, x, state0, lengths, params)
+    if not keep_tape:
+        return out, state_n, []
+    tensors, layout = _tape_to_tensors(tape, known)
+    runner, _ = _runner_for(key, x.dtype, x.device)
+    sig = _tape_signature(x, state0, lengths)
+    first = runner.tape_layouts.setdefault(sig, layout)
+    if first.metas != layout.metas:
+        raise RuntimeError(f"gpurnn.torch: backend {runner.backend.name!r} returned tapes of two"
+                           f" layouts for the same shapes {sig}; the bridge needs one per shape")
+    return out, state_n, tensors
+
+
+@torch.library.custom_op("gpurnn::layer_forward", mutates_args=())
+def _layer_forward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[Tensor],
+                   params: List[Tensor], keep_tape: bool) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+    """One layer, both directions. x (T, B, I) contiguous; state0: [] (zeros) or one
+    (D, B, H) tensor per state; lengths: host (B,) ints or None; params in _param_names
+    order. Returns out (T, B, D*H), one (D, B, H) tensor per state, and the tape (empty
+    unless keep_tape)."""
+    return _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape)
+
+
+@_layer_forward.register_fake
+def _layer_forward_fake(key, x, state0, lengths, params, keep_tape):
+    config = _LayerConfig.from_key(key)
+    T, B, _ = x.shape
+    D, H = config.num_directions, config.hidden_size
+    out = x.new_empty((T, B, D * H))
+    state_n = [x.new_empty((D, B, H)) for _ in range(config.n_states)]
+    tape = []
+    if keep_tape:
+        tape = [torch.empty(shape, dtype=dtype, device=device)
+                for shape, dtype, device in _tape_layout(key, x, state0, lengths, params).metas]
+    return out, state_n, tape
+
+
+def _tape_layout(key, x, state0, lengths, params):
+    """The tape layout for these shapes, from an earlier call or from one forward on zeros
+    (what the fake op runs at compile time the first time it meets a shape)."""
+    runner, _ = _runner_for(key, x.dtype, x.device)
+    sig = _tape_signature(x, state0, lengths)
+    if sig not in runner.tape_layouts:
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+        T, B = sig[:2]
+        with unset_fake_temporarily():      # real zeros, thrown away after
+            zeros = lambda t: torch.zeros(tuple(int(n) for n in t.shape), dtype=t.dtype,  # noqa: E731
+                                          device=t.device)
+            _forward_with_tape_tensors(
+                key, zeros(x), [zeros(s) for s in state0],
+                None if lengths is None else torch.full((B,), T, dtype=torch.int64),
+                [zeros(p) for p in params], keep_tape=True)
+    return runner.tape_layouts[sig]
+
+
+@torch.library.custom_op("gpurnn::layer_backward", mutates_args=())
+def _layer_backward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[Tensor],
+                    params: List[Tensor], out: Tensor, state_n: List[Tensor], tape: List[Tensor],
+                    dout: Tensor, dstate_n: List[Tensor]) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+    """gpurnn's BPTT through a layer_forward's tape: (dx, dstate0 per state, dparams).
+    dstate_n: one tensor per state, or [] for zeros."""
+    runner, conv = _runner_for(key, x.dtype, x.device)
+    a = conv.to_array
+    lens = _host_lengths(lengths, x.shape[0], x.shape[1])
+    known = [a(x), *[a(s) for s in state0], *([] if lens is None else [lens]),
+             *[a(p) for p in params], a(out), *[a(s) for s in state_n]]
+    layout = runner.tape_layouts[_tape_signature(x, state0, lengths)]
+    return _kernel_backward(key, x, _tape_from_tensors(tape, layout, known), dout, dstate_n)
+
+
+@_layer_backward.register_fake
+def _layer_backward_fake(key, x, state0, lengths, params, out, state_n, tape, dout, dstate_n):
+    return (x.new_empty(x.shape), [s.new_empty(s.shape) for s in state_n],
+            [p.new_empty(p.shape) for p in params])
+
+
+def _setup_context(ctx, inputs, output):
+    key, x, state0, lengths, params, keep_tape = inputs
+    out, state_n, tape = output
+    ctx.mark_non_differentiable(*tape)
+    ctx.key = key
+    ctx.sizes = (len(state0), lengths is not None, len(params), len(state_n))
+    ctx.save_for_backward(x, *state0, *([] if lengths is None else [lengths]), *params, out,
+                          *state_n, *tape)
+
+
+def _layer_forward_backward(ctx, dout, dstate_n, _dtape):
+    n_state0, has_lengths, n_params, n_states = ctx.sizes
+    it = iter(ctx.saved_tensors)
+    take = lambda n: [next(it) for _ in range(n)]  # noqa: E731
+    x, state0 = next(it), take(n_state0)
+    lengths = next(it) if has_lengths else None
+    params, out, state_n, tape = take(n_params), next(it), take(n_states), list(it)
+    dx, dstate0, dparams = _backward_body(
+        ctx.key, x, state0, lengths, params, dout, dstate_n,
+        lambda do, ds: _layer_backward(ctx.key, x, state0, lengths, params, out, state_n, tape,
+                                       do, ds))
+    return None, dx, dstate0, None, dparams, None
+
+
+_layer_forward.register_autograd(_layer_forward_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------- torch-ops recurrence
+# The same recurrence in torch ops, differentiated by torch's autograd: the double backward
+# (create_graph=True) path. One step function per cell, cell(xg, hg, state) -> new state
+# tuple, where xg[k] = x W_ih^T + b_ih and hg[k] = h W_hh^T + b_hh for gate k (torch's gate
+# order) and state is (h,) or (h, c): the signature of gpurnn's cell registry.
+
+def _rnn_tanh_step(xg, hg, state):
+    return (torch.tanh(xg[0] + hg[0]),)
+
+
+def _rnn_relu_step(xg, hg, state):
+    return (torch.relu(xg[0] + hg[0]),)
+
+
+def _lstm_step(xg, hg, state):
+    _, c = state
+    i, f, o = (torch.sigmoid(xg[k] + hg[k]) for k in (0, 1, 3))
+    c = f * c + i * torch.tanh(xg[2] + hg[2])
+    return (o * torch.tanh(c), c)
+
+
+def _gru_step(xg, hg, state):
+    (h,) = state
+    r, z = torch.sigmoid(xg[0] + hg[0]), torch.sigmoid(xg[1] + hg[1])
+    n = torch.tanh(xg[2] + r * hg[2])            # reset applied after the recurrent matmul
+    return ((1 - z) * n + z * h,)
+
+
+_TORCH_STEPS = {"rnn_tanh": _rnn_tanh_step, "rnn_relu": _rnn_relu_step, "lstm": _lstm_step,
+                "gru": _gru_step}
+
+
+def torch_step(cell):
+    """A cell's one-step math in torch ops (the hook for gpurnn's cell registry)."""
+    try:
+        return _TORCH_STEPS[cell]
+    except KeyError:
+        raise UnsupportedError(f"gpurnn.torch: cell {cell!r} has no torch-ops step, so its"
+                               " double backward (create_graph=True) is not available") from None
+
+
+def _reverse_within_length(a, lengths):
+    """a (T, B, F) with each row's first lengths[b] steps reversed (the rest in place)."""
+    if lengths is None:
+        return a.flip(0)
+    T = a.shape[0]
+    t = torch.arange(T, device=a.device)[:, None]
+    L = lengths.to(a.device)[None, :]
+    idx = torch.where(t < L, L - 1 - t, t)
+    return a.gather(0, idx[:, :, None].expand_as(a))
+
+
+def _torch_layer(config, x, state0, lengths, params):
+    """One layer, both directions, in torch ops: (out (T, B, D*H), [state (D, B, H)...])."""
+    step, H = torch_step(config.cell), config.hidden_size
+    T, B, _ = x.shape
+    valid = None if lengths is None else (torch.arange(T)[:, None] < lengths[None, :]).to(x.device)
+    per_direction = 4 if config.bias else 2
+    outs, finals = [], []
+    for d in range(config.num_directions):
+        w_ih, w_hh, *b = params[d * per_direction:(d + 1) * per_direction]
+        b_ih, b_hh = b if config.bias else (None, None)
+        seq = x if d == 0 else _reverse_within_length(x, lengths)
+        state = (tuple(s[d] for s in state0) if state0
+                 else tuple(x.new_zeros(B, H) for _ in range(config.n_states)))
+        xg_all = F.linear(seq, w_ih, b_ih).split(H, -1)
+        ys = []
+        for t in range(T):
+            new = step([g[t] for g in xg_all], F.linear(state[0], w_hh, b_hh).split(H, -1), state)
+            if valid is not None:      # past a row's length: keep the state, output zero
+                m = valid[t, :, None]
+                new = tuple(torch.where(m, n, s) for n, s in zip(new, state))
+                ys.append(torch.where(m, new[0], torch.zeros_like(new[0])))
+            else:
+                ys.append(new[0])
+            state = new
+        y = torch.stack(ys)
+        outs.append(y if d == 0 else _reverse_within_length(y, lengths))
+        finals.append(state)
+    return torch.cat(outs, -1), [torch.stack(s) for s in zip(*finals)]
+
+
+def _differentiable_grads(config, x, state0, lengths, params, dout, dstate_n):
+    """The layer's gradients as differentiable tensors: recompute it in torch ops and let
+    autograd differentiate that (create_graph). Slower than gpurnn's BPTT; used only then.
+    dstate_n: one tensor per state, or [] for zeros."""
+    inputs = [x, *state0, *params]
+    wanted = [t for t in inputs if t.requires_grad]
+    with torch.enable_grad():
+        out, state_n = _torch_layer(config, x, state0, lengths, params)
+        outputs = [out, *state_n] if dstate_n else [out]
+        got = torch.autograd.grad(outputs, wanted, [dout, *dstate_n], create_graph=True,
+                                  allow_unused=True)
+    grads = dict(zip(map(id, wanted), got))
+    full = [grads.get(id(t)) for t in inputs]
+    full = [torch.zeros_like(t) if g is None else g for g, t in zip(full, inputs)]
+    return full[0], full[1:1 + len(state0)], full[1 + len(state0):]
 
 
 # --------------------------------------------------------------------------- modules
@@ -275,62 +733,53 @@ def _resolve_backend(requested, device, dtype):
     return be
 
 
+def _reject_proj_size(kwargs):
+    """torch.nn.RNN and GRU take proj_size only to refuse it, with this error."""
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+
+
 class _GpurnnRNNBase(torch.nn.RNNBase):
-    """torch.nn.RNNBase whose computation is gpurnn's. Use RNN, LSTM or GRU."""
+    """torch.nn.RNNBase whose computation is gpurnn's. Use RNN, LSTM or GRU.
+
+    Not a subclass of torch.nn.LSTM/GRU/RNN on purpose: torch.compile refuses to trace those.
+    """
 
     _cell = None
 
-    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
-                 backend="auto"):
-        if proj_size:
+    def __init__(self, mode, *args, backend="auto", **kwargs):
+        super().__init__(mode, *args, **kwargs)      # torch's own argument checks and messages
+        if self.proj_size:
             raise UnsupportedError(
-                f"gpurnn.torch.LSTM: proj_size={proj_size} (LSTM with projections) is not supported"
-                " by gpurnn; use torch.nn.LSTM for projections, or proj_size=0")
-        if isinstance(backend, str):
-            if backend not in _BACKEND_NAMES:
-                raise ValueError(f"backend: expected one of {list(_BACKEND_NAMES)} or a gpurnn backend"
-                                 f" object, got {backend!r}")
-            if backend != "auto":
-                get_backend(backend)      # BackendUnavailable now rather than at the first call
-        elif not (hasattr(backend, "forward") and hasattr(backend, "backward")):
-            raise TypeError(f"backend: expected a name or a gpurnn backend object, got "
-                            f"{type(backend).__name__}")
-        if dtype is not None and dtype not in _TORCH_TO_NUMPY_DTYPE:
+                f"gpurnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections) is not"
+                " supported by gpurnn yet; use torch.nn.LSTM for projections, or proj_size=0")
+        dtype = getattr(self, self._flat_weights_names[0]).dtype
+        if dtype not in _TORCH_TO_NUMPY_DTYPE:
             raise UnsupportedError(
                 f"gpurnn.torch: dtype {dtype} is not supported (gpurnn runs float32 and float64);"
                 f" use dtype=torch.float32 or torch.float64, or torch.nn's modules for {dtype}")
-        super().__init__(mode, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype)
         self.backend = backend
-        self._gpurnn_runners = {}
 
-    # Runners (gpurnn modules, backend objects) are a cache: never pickled or deep-copied.
-    def __getstate__(self):
-        state = super().__getstate__()
-        state["_gpurnn_runners"] = {}
-        return state
+    def __setattr__(self, name, value):
+        if name == "backend":        # validated and named for the layer ops whenever it is set
+            super().__setattr__("_backend_key", _backend_token(value))
+        super().__setattr__(name, value)
 
-    def __setstate__(self, state):
+    def __setstate__(self, state):   # unpickled / deep-copied: a backend object is a new one
         super().__setstate__(state)
-        self._gpurnn_runners = {}
+        super().__setattr__("_backend_key", _backend_token(self.backend))
 
     def extra_repr(self):
         return super().extra_repr() + f", backend={self.backend!r}"
 
-    def _runner(self, layer, backend, dtype, device):
-        key = (layer, id(backend), dtype, str(device))
-        runner = self._gpurnn_runners.get(key)
-        if runner is None:
-            D = 2 if self.bidirectional else 1
-            in_size = self.input_size if layer == 0 else D * self.hidden_size
-            runner = _LayerRunner(self._cell, in_size, self.hidden_size, self.bias,
-                                  self.bidirectional, backend, _TORCH_TO_NUMPY_DTYPE[dtype])
-            self._gpurnn_runners[key] = runner
-        return runner
+    def _layer_key(self, layer):
+        D = 2 if self.bidirectional else 1
+        in_size = self.input_size if layer == 0 else D * self.hidden_size
+        return _LayerConfig(self._cell, in_size, self.hidden_size, self.bias, self.bidirectional,
+                            self._backend_key).key
 
-    def _layer_params(self, layer, runner):
-        return [getattr(self, n.replace("_l0", f"_l{layer}", 1)) for n in runner.names]
+    def _layer_params(self, layer):
+        return [getattr(self, n) for n in _param_names(layer, self.bidirectional, self.bias)]
 
     def forward(self, input, hx=None, lengths=None):
         """As torch.nn's forward, plus ``lengths`` (B,) for right-padded (non-packed) input."""
@@ -341,8 +790,7 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
             if lengths is not None:
                 raise ValueError("lengths: a PackedSequence carries its own lengths; pass either a"
                                  " PackedSequence or a padded tensor with lengths=, not both")
-            x, lens = pad_packed_sequence(input, batch_first=False)   # original batch order
-            lengths_np = lens.cpu().numpy().astype(np.int64)
+            x, lengths = pad_packed_sequence(input, batch_first=False)   # original batch order
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"input: expected a torch.Tensor or a PackedSequence, got "
@@ -354,90 +802,89 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-            lengths_np = None
+            if lengths is not None:          # validated by the layer op, on the host
+                lengths = torch.as_tensor(lengths).to("cpu")
         T, B, I = x.shape
+        shape = tuple(input.shape if not packed else x.shape)
         if I != self.input_size:
-            raise ValueError(f"input: expected input_size {self.input_size} in the last dimension,"
-                             f" got shape {tuple(input.shape if not packed else x.shape)}")
-        if not packed and lengths is not None:
-            if isinstance(lengths, torch.Tensor):
-                lengths = lengths.detach().cpu().numpy()
-            lengths_np = check_lengths(lengths, B, T)
-
+            raise ShapeError(f"input: expected input_size {self.input_size} in the last dimension,"
+                             f" got shape {shape}")
+        if T == 0:
+            raise ShapeError(f"input: expected sequence length to be larger than 0 in RNN, got"
+                             f" shape {shape}")
         w0 = getattr(self, self._flat_weights_names[0])
         device, dtype = w0.device, w0.dtype
         if x.dtype != dtype:
-            raise TypeError(f"input: expected dtype {dtype} (the weights' dtype), got {x.dtype};"
-                            f" convert with input.to({dtype}) or the model with model.to({x.dtype})")
+            raise DtypeError(f"input: expected dtype {dtype} (the weights' dtype), got {x.dtype};"
+                             f" convert with input.to({dtype}) or the model with model.to({x.dtype})")
         if x.device != device:
             raise ValueError(f"input: expected a tensor on {device} (the weights' device), got one"
                              f" on {x.device}")
-        backend = _resolve_backend(self.backend, device, dtype)
-        conv = _converter(device)
+        if dtype not in _TORCH_TO_NUMPY_DTYPE:
+            _resolve_backend(self.backend, device, dtype)     # raises UnsupportedError
         x = x.contiguous()
 
-        h0, c0 = self._split_hx(hx, B, batched, dtype, device)
+        state0 = self._split_hx(hx, B, batched, dtype, device)
         L, D = self.num_layers, (2 if self.bidirectional else 1)
-        layer_in, h_n, c_n = x, [], []
+        layer_in, finals = x, []
         for layer in range(L):
-            runner = self._runner(layer, backend, dtype, device)
-            sl = slice(layer * D, (layer + 1) * D)
-            res = _LayerFunction.apply(runner, conv, backend, lengths_np, layer_in,
-                                       None if h0 is None else h0[sl],
-                                       None if c0 is None else c0[sl],
-                                       *self._layer_params(layer, runner))
-            out = res[0]
-            h_n.append(res[1])
-            if is_lstm:
-                c_n.append(res[2])
+            params = self._layer_params(layer)
+            s0 = [s[layer * D:(layer + 1) * D] for s in state0]
+            key = self._layer_key(layer)
+            if torch.compiler.is_compiling():
+                keep_tape = torch.is_grad_enabled() and any(
+                    t.requires_grad for t in (layer_in, *s0, *params))
+                out, state_n, _ = _layer_forward(key, layer_in, s0, lengths, params, keep_tape)
+            else:
+                out, *state_n = _LayerFunction.apply(key, lengths, len(s0), layer_in, *s0, *params)
+            finals.append(state_n)
             if self.training and self.dropout > 0 and layer < L - 1:
                 out = F.dropout(out, self.dropout, training=True)
             layer_in = out
         out = layer_in
-        h_n = h_n[0] if L == 1 else torch.cat(h_n, 0)
-        if is_lstm:
-            c_n = c_n[0] if L == 1 else torch.cat(c_n, 0)
+        states = [s[0] if L == 1 else torch.cat(s, 0) for s in zip(*finals)]
 
         if packed:
             out = _pack_like(out, input)
         elif not batched:
             out = out.squeeze(1)
-            h_n = h_n.squeeze(1)
-            if is_lstm:
-                c_n = c_n.squeeze(1)
+            states = [s.squeeze(1) for s in states]
         elif self.batch_first:
             out = out.transpose(0, 1)
-        return (out, (h_n, c_n)) if is_lstm else (out, h_n)
+        return (out, tuple(states)) if is_lstm else (out, states[0])
 
     def _split_hx(self, hx, B, batched, dtype, device):
+        """hx as a list of (L*D, B, H) tensors, one per state, or [] for zeros."""
         L, D, H = self.num_layers, (2 if self.bidirectional else 1), self.hidden_size
-        name = type(self).__name__
+        if hx is None:
+            return []
         if self._cell == "lstm":
-            if hx is None:
-                return None, None
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
                 raise TypeError(f"hx: expected a tuple (h0, c0) for LSTM, got {type(hx).__name__}")
             states, names = list(hx), ("h0", "c0")
         else:
             if isinstance(hx, (tuple, list)):
-                raise TypeError(f"hx: expected one tensor h0 for {name}, got a {type(hx).__name__}")
-            states, names = [hx, None], ("h0", "c0")
+                raise TypeError(f"hx: expected one tensor h0 for {type(self).__name__}, got a"
+                                f" {type(hx).__name__}")
+            states, names = [hx], ("h0",)
+        if all(s is None for s in states):
+            return []
         expected = (L * D, B, H) if batched else (L * D, H)
         for i, (s, n) in enumerate(zip(states, names)):
-            if s is None:
-                continue
+            if s is None:                    # (h0, None): the missing state starts at zero
+                s = torch.zeros(expected, dtype=dtype, device=device)
             if not isinstance(s, torch.Tensor):
                 raise TypeError(f"{n}: expected a torch.Tensor, got {type(s).__name__}")
             if tuple(s.shape) != expected:
-                raise ValueError(f"{n}: expected shape {expected} (num_layers*num_directions, "
+                raise ShapeError(f"{n}: expected shape {expected} (num_layers*num_directions, "
                                  f"{'batch, ' if batched else ''}hidden_size), got {tuple(s.shape)}")
-            if s.dtype != dtype or s.device != device:
-                raise TypeError(f"{n}: expected a {dtype} tensor on {device} (as the weights), got "
-                                f"{s.dtype} on {s.device}")
-            if not batched:
-                s = s.unsqueeze(1)
-            states[i] = s.contiguous()
-        return states[0], states[1]
+            if s.dtype != dtype:
+                raise DtypeError(f"{n}: expected dtype {dtype} (the weights' dtype), got {s.dtype}")
+            if s.device != device:
+                raise ValueError(f"{n}: expected a tensor on {device} (the weights' device), got"
+                                 f" one on {s.device}")
+            states[i] = (s if batched else s.unsqueeze(1)).contiguous()
+        return states
 
 
 def _pack_like(out, packed_input):
@@ -455,38 +902,45 @@ def _pack_like(out, packed_input):
 
 
 class RNN(_GpurnnRNNBase):
-    """Elman RNN (tanh or relu) as torch.nn.RNN, computed by gpurnn."""
+    """Elman RNN (tanh or relu) as torch.nn.RNN, computed by gpurnn.
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 backend="auto"):
+    RNN(input_size, hidden_size, num_layers=1, nonlinearity='tanh', bias=True,
+        batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+        *, backend='auto'), arguments taken as torch.nn.RNN takes them."""
+
+    def __init__(self, *args, **kwargs):
+        _reject_proj_size(kwargs)
+        if len(args) > 3:                  # torch.nn.RNN's positional nonlinearity
+            nonlinearity, args = args[3], args[:3] + args[4:]
+        else:
+            nonlinearity = kwargs.pop("nonlinearity", "tanh")
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+            raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
         self._cell = f"rnn_{nonlinearity}"
-        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
-                         hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
-                         device, dtype, backend)
+        super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
         self.nonlinearity = nonlinearity
 
 
 class LSTM(_GpurnnRNNBase):
-    """LSTM (gates i, f, g, o) as torch.nn.LSTM, computed by gpurnn. proj_size must be 0."""
+    """LSTM (gates i, f, g, o) as torch.nn.LSTM, computed by gpurnn; proj_size must be 0.
+
+    LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+         bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='auto')"""
 
     _cell = "lstm"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None,
-                 backend="auto"):
-        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, backend)
+    def __init__(self, *args, **kwargs):
+        super().__init__("LSTM", *args, **kwargs)
 
 
 class GRU(_GpurnnRNNBase):
-    """GRU (gates r, z, n; reset after the recurrent matmul) as torch.nn.GRU, computed by gpurnn."""
+    """GRU (gates r, z, n; reset after the recurrent matmul) as torch.nn.GRU, computed by gpurnn.
+
+    GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+        bidirectional=False, device=None, dtype=None, *, backend='auto')"""
 
     _cell = "gru"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, backend="auto"):
-        super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, 0, device, dtype, backend)
+    def __init__(self, *args, **kwargs):
+        _reject_proj_size(kwargs)
+        super().__init__("GRU", *args, **kwargs)

@@ -9,7 +9,8 @@ import pickle
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install gpurnn[torch])")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 167 tests of gpurnn.torch"
+                            " in this module are skipped (pip install gpurnn[torch])")
 
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402
@@ -94,9 +95,8 @@ GRADCHECK_OPTIONS = {
 }
 
 
-@pytest.mark.parametrize("option", sorted(GRADCHECK_OPTIONS))
-@pytest.mark.parametrize("cell", sorted(CELLS))
-def test_gradcheck_float64(cell, option):
+def gradcheck_case(cell, option):
+    """(fn, inputs) for torch.autograd.gradcheck / gradgradcheck: x, h0, c0 and every weight."""
     opts = dict(GRADCHECK_OPTIONS[option])
     use_lengths, use_h0, use_packed = (opts.pop(k, False) for k in ("_lengths", "_h0", "_packed"))
     m = CELLS[cell][0](2, 2, dtype=torch.float64, backend="numpy", **CELLS[cell][2], **opts)
@@ -125,7 +125,67 @@ def test_gradcheck_float64(cell, option):
             out, hn = functional_call(m, ps, (xx, as_hx(cell, hh, cc)), kwargs)
         return (out, *states(hn))
 
+    return fn, inputs
+
+
+@pytest.mark.parametrize("option", sorted(GRADCHECK_OPTIONS))
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_gradcheck_float64(cell, option):
+    fn, inputs = gradcheck_case(cell, option)
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", sorted(GRADCHECK_OPTIONS))
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_gradgradcheck_float64(cell, option):
+    """Double backward: the create_graph backward differentiates the torch-ops recurrence."""
+    fn, inputs = gradcheck_case(cell, option)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_gradient_penalty_matches_torch_nn(cell):
+    """d/dtheta ||dL/dx||^2 (a gradient penalty), with lengths and two bidirectional layers;
+    the first-order gradients under create_graph equal gpurnn's BPTT ones."""
+    results = []
+    for m in make_pair(cell, num_layers=2, bidirectional=True):
+        x = torch.randn(T, B, I, dtype=torch.float64, generator=torch.Generator().manual_seed(4),
+                        requires_grad=True)
+        lengths = torch.tensor([5, 2, 4])
+        if isinstance(m, gt._GpurnnRNNBase):
+            out, _ = m(x, lengths=lengths)
+        else:
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            out, _ = pad_packed_sequence(m(packed)[0], total_length=T)
+        loss = out.sin().sum()
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        first = torch.autograd.grad(loss, m.weight_hh_l1_reverse, retain_graph=True)[0]
+        gx.pow(2).sum().backward()
+        results.append((gx.detach(), first, {n: p.grad for n, p in m.named_parameters()}))
+    (gx_o, first_o, grads_o), (gx_r, first_r, grads_r) = results
+    torch.testing.assert_close(gx_o, gx_r, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(first_o, first_r, rtol=1e-10, atol=1e-12)
+    for n, g in grads_r.items():
+        assert grads_o[n] is not None and grads_o[n].abs().sum() > 0, n
+        torch.testing.assert_close(grads_o[n], g, rtol=1e-9, atol=1e-11, msg=n)
+
+
+def test_torch_step_table_matches_torch_nn_cells():
+    """The per-cell torch steps (the double-backward path) are torch.nn's cells."""
+    g = torch.Generator().manual_seed(5)
+    for cell, (_, ref_cls, extra) in CELLS.items():
+        torch.manual_seed(0)
+        ref = {"lstm": torch.nn.LSTMCell, "gru": torch.nn.GRUCell}.get(cell, torch.nn.RNNCell)(
+            I, H, dtype=torch.float64, **extra)
+        x = torch.randn(B, I, generator=g, dtype=torch.float64)
+        state = tuple(torch.randn(B, H, generator=g, dtype=torch.float64)
+                      for _ in range(2 if cell == "lstm" else 1))
+        xg = torch.nn.functional.linear(x, ref.weight_ih, ref.bias_ih).split(H, -1)
+        hg = torch.nn.functional.linear(state[0], ref.weight_hh, ref.bias_hh).split(H, -1)
+        ours = gt.torch_step(cell)(xg, hg, state)
+        expected = ref(x, state if cell == "lstm" else state[0])
+        for a, b in zip(ours, expected if cell == "lstm" else (expected,)):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=cell)
 
 
 @pytest.mark.skipif("cpu" not in BACKENDS, reason="the Numba 'cpu' backend is not available here")
@@ -396,11 +456,77 @@ def test_training_script_swap_gives_same_gradients(dtype, backend):
 
 
 # ----------------------------------------------------------------------------- errors
-def test_proj_size_is_unsupported():
+def test_lstm_proj_size_is_unsupported():
     with pytest.raises(gt.UnsupportedError, match="proj_size.*torch.nn.LSTM"):
         gt.LSTM(3, 4, proj_size=2)
     with pytest.raises(NotImplementedError):
         gt.LSTM(3, 4, proj_size=2)
+
+
+def _raised(fn):
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - the point is to compare what is raised
+        return exc
+    raise AssertionError("no exception raised")
+
+
+# (case, build(nn) -> a callable that raises, gpurnn's own type for the situation or None)
+TORCH_ERROR_CASES = {
+    "input_size": (lambda nn: lambda: nn.LSTM(3, 4, 2)(torch.randn(T, B, 5)), ValueError),
+    "input_rank": (lambda nn: lambda: nn.GRU(3, 4)(torch.randn(1, T, B, 3)), ValueError),
+    "input_dtype": (lambda nn: lambda: nn.GRU(3, 4)(torch.randn(T, B, 3, dtype=torch.float64)), TypeError),
+    "h0_shape": (lambda nn: lambda: nn.GRU(3, 4, 2)(torch.randn(T, B, 3), torch.zeros(1, B, 4)), ValueError),
+    "c0_shape": (lambda nn: lambda: nn.LSTM(3, 4)(torch.randn(T, B, 3), (torch.zeros(1, B, 4),
+                                                                         torch.zeros(1, B, 5))), ValueError),
+    "h0_dtype": (lambda nn: lambda: nn.GRU(3, 4)(torch.randn(T, B, 3),
+                                                torch.zeros(1, B, 4, dtype=torch.float64)), TypeError),
+    "hx_rank_unbatched": (lambda nn: lambda: nn.GRU(3, 4)(torch.randn(T, 3), torch.zeros(1, 1, 4)), ValueError),
+    "empty_sequence": (lambda nn: lambda: nn.RNN(3, 4)(torch.randn(0, B, 3)), ValueError),
+    "empty_sequence_unbatched": (lambda nn: lambda: nn.LSTM(3, 4)(torch.randn(0, 3)), ValueError),
+    "rnn_proj_size": (lambda nn: lambda: nn.RNN(3, 4, proj_size=1), None),
+    "gru_proj_size": (lambda nn: lambda: nn.GRU(3, 4, proj_size=1), None),
+    "lstm_proj_size_too_big": (lambda nn: lambda: nn.LSTM(3, 4, proj_size=4), None),
+    "nonlinearity": (lambda nn: lambda: nn.RNN(3, 4, nonlinearity="sigmoid"), None),
+    "dropout_range": (lambda nn: lambda: nn.LSTM(3, 4, dropout=1.5), None),
+    "hidden_size_zero": (lambda nn: lambda: nn.GRU(3, 0), None),
+    "hidden_size_type": (lambda nn: lambda: nn.GRU(3, 4.0), None),
+    "bias_type": (lambda nn: lambda: nn.RNN(3, 4, bias=1), None),
+}
+
+
+class _Ours:
+    """gpurnn.torch spelled like torch.nn, on the numpy backend."""
+    RNN, LSTM, GRU = (lambda *a, _c=c, **k: _c(*a, backend="numpy", **k) for c in (gt.RNN, gt.LSTM, gt.GRU))
+
+
+@pytest.mark.parametrize("case", sorted(TORCH_ERROR_CASES))
+def test_errors_are_raised_as_torch_raises_them(case):
+    """Every exception is an instance of torch.nn's type for the same mistake (so code written
+    for torch catches it) and of gpurnn's own; constructor messages are torch's."""
+    build, gpurnn_type = TORCH_ERROR_CASES[case]
+    theirs, ours = _raised(build(torch.nn)), _raised(build(_Ours))
+    assert isinstance(ours, type(theirs)), (case, type(ours).__mro__, type(theirs))
+    if gpurnn_type is not None:
+        assert isinstance(ours, gpurnn_type), case
+    else:
+        assert str(ours) == str(theirs), case
+
+
+def test_constructor_takes_torch_arguments_positionally_and_by_keyword():
+    for args, kwargs in [((3, 4, 2, "relu", False, True, 0.0, True), {}),
+                         ((3, 4), dict(num_layers=2, nonlinearity="relu", bias=False, batch_first=True,
+                                       bidirectional=True, device="cpu", dtype=torch.float64))]:
+        ours, ref = gt.RNN(*args, **kwargs), torch.nn.RNN(*args, **kwargs)
+        for attr in ("nonlinearity", "num_layers", "bias", "batch_first", "bidirectional", "mode"):
+            assert getattr(ours, attr) == getattr(ref, attr), attr
+        assert [p.dtype for p in ours.parameters()] == [p.dtype for p in ref.parameters()]
+    ours, ref = gt.GRU(3, 4, 1, False, True, 0.0, True), torch.nn.GRU(3, 4, 1, False, True, 0.0, True)
+    assert list(dict(ours.named_parameters())) == list(dict(ref.named_parameters()))
+    assert ours.batch_first and ours.bidirectional and not ours.bias
+    assert gt.LSTM(3, 4, proj_size=0, device="cpu").proj_size == 0
+    with pytest.warns(UserWarning, match="dropout"):       # torch's own warning
+        gt.LSTM(3, 4, dropout=0.5)
 
 
 def test_half_precision_is_unsupported():

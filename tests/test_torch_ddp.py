@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install gpurnn[torch])")
-dist = pytest.importorskip("torch.distributed", reason="torch built without torch.distributed")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 2 DDP tests in this"
+                            " module are skipped (pip install gpurnn[torch])")
+dist = pytest.importorskip("torch.distributed", reason="torch built without torch.distributed: the 2"
+                           " DDP tests in this module are skipped")
 if not dist.is_available() or not dist.is_gloo_available():
-    pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
+    pytest.skip("torch.distributed with the gloo backend is not available: the 2 DDP tests in this"
+                " module are skipped", allow_module_level=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "ddp_train.py"

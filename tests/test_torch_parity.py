@@ -7,7 +7,8 @@ import pytest
 import gpurnn
 from helpers import ALL_CELLS, is_lstm, make_model, random_state, rel_err, state_parts
 
-torch = pytest.importorskip("torch", reason="torch not installed: parity with torch.nn skipped")
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 160 parity tests with"
+                            " torch.nn in this module (with the numpy and cpu backends) are skipped")
 
 HOST_BACKENDS = [b for b in ("numpy", "cpu") if b in gpurnn.available_backends()]
 TORCH_CLASSES = {"rnn_tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}),
