@@ -50,10 +50,10 @@ import numpy as np
 
 from . import layers as _layers
 from .backend import BackendUnavailable, available_backends, get_backend
-from .cells import cell_spec
+from .cells import get_cell
 from .validation import check_lengths
 
-__all__ = ["RNN", "LSTM", "GRU", "UnsupportedError", "ShapeError", "DtypeError"]
+__all__ = ["RNN", "LSTM", "GRU", "Recurrent", "UnsupportedError", "ShapeError", "DtypeError"]
 
 _TORCH_TO_NUMPY_DTYPE = {torch.float32: "float32", torch.float64: "float64"}
 _BACKEND_NAMES = ("auto", "numpy", "cpu", "cuda")
@@ -158,10 +158,19 @@ def _converter(device):
 
 
 # --------------------------------------------------------------------------- one layer
+_SPECS = {}        # spec.key -> CellSpec: layer keys name a cell by its definition's hash
+
+
+def _cell_token(cell):
+    spec = get_cell(cell)
+    _SPECS[spec.key] = spec
+    return spec.key
+
+
 class _LayerConfig(NamedTuple):
     """What a layer op needs besides tensors, spelled as the op's string argument ``key``
     (custom ops take tensors and plain values only, so the key names the runner)."""
-    cell: str
+    cell: str            # _cell_token(spec): the CellSpec's key
     input_size: int
     hidden_size: int
     bias: bool
@@ -178,8 +187,12 @@ class _LayerConfig(NamedTuple):
         return cls(cell, int(i), int(h), bias == "1", bidir == "1", backend)
 
     @property
+    def spec(self):
+        return _SPECS[self.cell]
+
+    @property
     def n_states(self):
-        return 2 if cell_spec(self.cell).has_cell_state else 1
+        return self.spec.n_states
 
     @property
     def num_directions(self):
@@ -218,37 +231,27 @@ class _LayerRunner:
     def __init__(self, config, backend, dtype):
         kwargs = dict(num_layers=1, bias=config.bias, batch_first=False, dropout=0.0,
                       bidirectional=config.bidirectional, backend=backend, dtype=dtype, seed=0)
-        self.module = _layers.make_layer(config.cell, config.input_size, config.hidden_size,
-                                         **kwargs)
+        self.module = _layers.Recurrent(config.spec, config.input_size, config.hidden_size,
+                                        **kwargs)       # tuple states, one array per state
         self.backend = backend
         self.config = config
         self.names = _param_names(0, config.bidirectional, config.bias)   # gpurnn's are torch's
         self.tape_layouts = {}
         self.lock = threading.Lock()
 
-    # gpurnn.layers takes LSTM state as (h, c) and the others' as h; the bridge always
-    # speaks tuples, one array per state, as the cell registry will.
-    def _pack(self, states):
-        return tuple(states) if self.config.n_states > 1 else states[0]
-
-    def _unpack(self, state):
-        return tuple(state) if self.config.n_states > 1 else (state,)
-
     def forward(self, x, state0, lengths, params):
         """Arrays in: x (T, B, I), state0 a tuple of (D, B, H) or None, host lengths or None.
         Returns (out, state_n tuple, tape)."""
-        hx = None if state0 is None else self._pack(state0)
         with self.lock:
             (out, state_n), tape = self.module.forward_tape(
-                x, hx, lengths, params=OrderedDict(zip(self.names, params)))
-        return out, self._unpack(state_n), tape
+                x, state0, lengths, params=OrderedDict(zip(self.names, params)))
+        return out, tuple(state_n), tape
 
     def backward(self, tape, dout, dstate_n):
         """Returns (dx, dstate0 tuple, grads in the order of ``names``)."""
-        dh = None if dstate_n is None else self._pack(dstate_n)
         with self.lock:
-            dx, dstate0, grads = self.module.backward_tape(tape, dout, dh)
-        return dx, self._unpack(dstate0), [grads[n] for n in self.names]
+            dx, dstate0, grads = self.module.backward_tape(tape, dout, dstate_n)
+        return dx, tuple(dstate0), [grads[n] for n in self.names]
 
 
 def _param_names(layer, bidirectional, bias):
@@ -583,43 +586,12 @@ _layer_forward.register_autograd(_layer_forward_backward, setup_context=_setup_c
 
 # --------------------------------------------------------------------------- torch-ops recurrence
 # The same recurrence in torch ops, differentiated by torch's autograd: the double backward
-# (create_graph=True) path. One step function per cell, cell(xg, hg, state) -> new state
-# tuple, where xg[k] = x W_ih^T + b_ih and hg[k] = h W_hh^T + b_hh for gate k (torch's gate
-# order) and state is (h,) or (h, c): the signature of gpurnn's cell registry.
-
-def _rnn_tanh_step(xg, hg, state):
-    return (torch.tanh(xg[0] + hg[0]),)
-
-
-def _rnn_relu_step(xg, hg, state):
-    return (torch.relu(xg[0] + hg[0]),)
-
-
-def _lstm_step(xg, hg, state):
-    _, c = state
-    i, f, o = (torch.sigmoid(xg[k] + hg[k]) for k in (0, 1, 3))
-    c = f * c + i * torch.tanh(xg[2] + hg[2])
-    return (o * torch.tanh(c), c)
-
-
-def _gru_step(xg, hg, state):
-    (h,) = state
-    r, z = torch.sigmoid(xg[0] + hg[0]), torch.sigmoid(xg[1] + hg[1])
-    n = torch.tanh(xg[2] + r * hg[2])            # reset applied after the recurrent matmul
-    return ((1 - z) * n + z * h,)
-
-
-_TORCH_STEPS = {"rnn_tanh": _rnn_tanh_step, "rnn_relu": _rnn_relu_step, "lstm": _lstm_step,
-                "gru": _gru_step}
-
+# (create_graph=True) path. The cell's own forward (gpurnn.define_cell) is the step: its
+# gpurnn.ops dispatch to torch functions on tensors, cell(xg, hg, state) -> new states.
 
 def torch_step(cell):
-    """A cell's one-step math in torch ops (the hook for gpurnn's cell registry)."""
-    try:
-        return _TORCH_STEPS[cell]
-    except KeyError:
-        raise UnsupportedError(f"gpurnn.torch: cell {cell!r} has no torch-ops step, so its"
-                               " double backward (create_graph=True) is not available") from None
+    """A cell's one-step math on torch tensors: its definition's forward function."""
+    return get_cell(cell).forward
 
 
 def _reverse_within_length(a, lengths):
@@ -635,7 +607,7 @@ def _reverse_within_length(a, lengths):
 
 def _torch_layer(config, x, state0, lengths, params):
     """One layer, both directions, in torch ops: (out (T, B, D*H), [state (D, B, H)...])."""
-    step, H = torch_step(config.cell), config.hidden_size
+    step, H = torch_step(config.spec), config.hidden_size
     T, B, _ = x.shape
     valid = None if lengths is None else (torch.arange(T)[:, None] < lengths[None, :]).to(x.device)
     per_direction = 4 if config.bias else 2
@@ -739,26 +711,13 @@ def _reject_proj_size(kwargs):
         raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
 
 
-class _GpurnnRNNBase(torch.nn.RNNBase):
-    """torch.nn.RNNBase whose computation is gpurnn's. Use RNN, LSTM or GRU.
-
-    Not a subclass of torch.nn.LSTM/GRU/RNN on purpose: torch.compile refuses to trace those.
-    """
+class _Stack:
+    """What every gpurnn.torch module does with its parameters and inputs: a stack of
+    layers of one cell, each layer one op (gpurnn's kernels), dropout between layers.
+    The module provides _cell (a CellSpec), input_size, hidden_size, num_layers, bias,
+    batch_first, dropout, bidirectional, backend and its parameters in torch's names."""
 
     _cell = None
-
-    def __init__(self, mode, *args, backend="auto", **kwargs):
-        super().__init__(mode, *args, **kwargs)      # torch's own argument checks and messages
-        if self.proj_size:
-            raise UnsupportedError(
-                f"gpurnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections) is not"
-                " supported by gpurnn yet; use torch.nn.LSTM for projections, or proj_size=0")
-        dtype = getattr(self, self._flat_weights_names[0]).dtype
-        if dtype not in _TORCH_TO_NUMPY_DTYPE:
-            raise UnsupportedError(
-                f"gpurnn.torch: dtype {dtype} is not supported (gpurnn runs float32 and float64);"
-                f" use dtype=torch.float32 or torch.float64, or torch.nn's modules for {dtype}")
-        self.backend = backend
 
     def __setattr__(self, name, value):
         if name == "backend":        # validated and named for the layer ops whenever it is set
@@ -769,21 +728,22 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
         super().__setstate__(state)
         super().__setattr__("_backend_key", _backend_token(self.backend))
 
-    def extra_repr(self):
-        return super().extra_repr() + f", backend={self.backend!r}"
-
     def _layer_key(self, layer):
         D = 2 if self.bidirectional else 1
         in_size = self.input_size if layer == 0 else D * self.hidden_size
-        return _LayerConfig(self._cell, in_size, self.hidden_size, self.bias, self.bidirectional,
-                            self._backend_key).key
+        return _LayerConfig(_cell_token(self._cell), in_size, self.hidden_size, self.bias,
+                            self.bidirectional, self._backend_key).key
 
     def _layer_params(self, layer):
         return [getattr(self, n) for n in _param_names(layer, self.bidirectional, self.bias)]
 
-    def forward(self, input, hx=None, lengths=None):
-        """As torch.nn's forward, plus ``lengths`` (B,) for right-padded (non-packed) input."""
-        is_lstm = self._cell == "lstm"
+    def _first_weight(self):
+        return getattr(self, _param_names(0, self.bidirectional, self.bias)[0])
+
+    def _run(self, input, states, names, lengths):
+        """input as torch.nn takes it (padded tensor, unbatched tensor or PackedSequence);
+        states: one entry per cell state (tensor or None), or None; names: their names in
+        errors. Returns (out like input, list of final states (L*D, B, H) or (L*D, H))."""
         packed = isinstance(input, PackedSequence)
         batched = True
         if packed:
@@ -812,7 +772,7 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
         if T == 0:
             raise ShapeError(f"input: expected sequence length to be larger than 0 in RNN, got"
                              f" shape {shape}")
-        w0 = getattr(self, self._flat_weights_names[0])
+        w0 = self._first_weight()
         device, dtype = w0.device, w0.dtype
         if x.dtype != dtype:
             raise DtypeError(f"input: expected dtype {dtype} (the weights' dtype), got {x.dtype};"
@@ -824,7 +784,7 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
             _resolve_backend(self.backend, device, dtype)     # raises UnsupportedError
         x = x.contiguous()
 
-        state0 = self._split_hx(hx, B, batched, dtype, device)
+        state0 = self._check_states(states, names, B, batched, dtype, device)
         L, D = self.num_layers, (2 if self.bidirectional else 1)
         layer_in, finals = x, []
         for layer in range(L):
@@ -851,27 +811,18 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
             states = [s.squeeze(1) for s in states]
         elif self.batch_first:
             out = out.transpose(0, 1)
-        return (out, tuple(states)) if is_lstm else (out, states[0])
+        return out, states
 
-    def _split_hx(self, hx, B, batched, dtype, device):
-        """hx as a list of (L*D, B, H) tensors, one per state, or [] for zeros."""
+    def _check_states(self, states, names, B, batched, dtype, device):
+        """The initial states as a list of (L*D, B, H) tensors, one per state, or [] for
+        zeros; a None entry starts at zero."""
         L, D, H = self.num_layers, (2 if self.bidirectional else 1), self.hidden_size
-        if hx is None:
+        if states is None or all(s is None for s in states):
             return []
-        if self._cell == "lstm":
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx: expected a tuple (h0, c0) for LSTM, got {type(hx).__name__}")
-            states, names = list(hx), ("h0", "c0")
-        else:
-            if isinstance(hx, (tuple, list)):
-                raise TypeError(f"hx: expected one tensor h0 for {type(self).__name__}, got a"
-                                f" {type(hx).__name__}")
-            states, names = [hx], ("h0",)
-        if all(s is None for s in states):
-            return []
+        states = list(states)
         expected = (L * D, B, H) if batched else (L * D, H)
         for i, (s, n) in enumerate(zip(states, names)):
-            if s is None:                    # (h0, None): the missing state starts at zero
+            if s is None:
                 s = torch.zeros(expected, dtype=dtype, device=device)
             if not isinstance(s, torch.Tensor):
                 raise TypeError(f"{n}: expected a torch.Tensor, got {type(s).__name__}")
@@ -885,6 +836,116 @@ class _GpurnnRNNBase(torch.nn.RNNBase):
                                  f" one on {s.device}")
             states[i] = (s if batched else s.unsqueeze(1)).contiguous()
         return states
+
+
+class _GpurnnRNNBase(_Stack, torch.nn.RNNBase):
+    """torch.nn.RNNBase whose computation is gpurnn's. Use RNN, LSTM or GRU.
+
+    Not a subclass of torch.nn.LSTM/GRU/RNN on purpose: torch.compile refuses to trace those.
+    """
+
+    def __init__(self, mode, *args, backend="auto", **kwargs):
+        super().__init__(mode, *args, **kwargs)      # torch's own argument checks and messages
+        if self.proj_size:
+            raise UnsupportedError(
+                f"gpurnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections) is not"
+                " supported by gpurnn yet; use torch.nn.LSTM for projections, or proj_size=0")
+        dtype = getattr(self, self._flat_weights_names[0]).dtype
+        if dtype not in _TORCH_TO_NUMPY_DTYPE:
+            raise UnsupportedError(
+                f"gpurnn.torch: dtype {dtype} is not supported (gpurnn runs float32 and float64);"
+                f" use dtype=torch.float32 or torch.float64, or torch.nn's modules for {dtype}")
+        self.backend = backend
+
+    def extra_repr(self):
+        return super().extra_repr() + f", backend={self.backend!r}"
+
+    def forward(self, input, hx=None, lengths=None):
+        """As torch.nn's forward, plus ``lengths`` (B,) for right-padded (non-packed) input."""
+        is_lstm = self._cell.name == "lstm"
+        if hx is None:
+            states = None
+        elif is_lstm:
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError(f"hx: expected a tuple (h0, c0) for LSTM, got {type(hx).__name__}")
+            states = hx
+        else:
+            if isinstance(hx, (tuple, list)):
+                raise TypeError(f"hx: expected one tensor h0 for {type(self).__name__}, got a"
+                                f" {type(hx).__name__}")
+            states = (hx,)
+        out, states = self._run(input, states, ("h0", "c0"), lengths)
+        return (out, tuple(states)) if is_lstm else (out, states[0])
+
+
+class Recurrent(_Stack, torch.nn.Module):
+    """A stack of layers of any gpurnn cell (gpurnn.define_cell) as a torch.nn.Module.
+
+    Recurrent(cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+              dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend='auto')
+    forward(input, state0=None, lengths=None) -> (output, state_n)
+        input   (T, B, I), (B, T, I) with batch_first, (T, I) unbatched, or a PackedSequence
+        state0  tuple of S tensors (L*D, B, H) (each may be None: zeros), or None
+        state_n tuple of S tensors (L*D, B, H); output the sequence of h = states[0]
+
+    Parameters as gpurnn.Recurrent and torch.nn: weight_ih_l{k}[_reverse] (G*H, I or D*H),
+    weight_hh_l{k} (G*H, H), bias_ih_l{k}, bias_hh_l{k} (G*H,), gate rows in the cell's
+    gate order, init U(-1/sqrt(H), 1/sqrt(H)). Same kernels as gpurnn.Recurrent, inside
+    torch.autograd (and torch.compile, as the built-ins)."""
+
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
+                 *, backend="auto"):
+        super().__init__()
+        self._cell = get_cell(cell)
+        for name, value in (("input_size", input_size), ("hidden_size", hidden_size),
+                            ("num_layers", num_layers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an integer >= 1, got {value!r}")
+        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout: expected a probability in [0, 1), got {dropout!r}")
+        self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
+        self.bias, self.batch_first = bool(bias), bool(batch_first)
+        self.dropout, self.bidirectional = float(dropout), bool(bidirectional)
+        G, H, D = self._cell.n_gates, hidden_size, 2 if bidirectional else 1
+        factory = dict(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
+        if factory["dtype"] not in _TORCH_TO_NUMPY_DTYPE:
+            raise UnsupportedError(f"gpurnn.torch: dtype {factory['dtype']} is not supported"
+                                   " (gpurnn runs float32 and float64)")
+        for layer in range(num_layers):
+            names = _param_names(layer, self.bidirectional, self.bias)
+            for name in names:
+                in_size = input_size if layer == 0 else D * H
+                shape = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, H)}.get(
+                    name.split("_l")[0], (G * H,))
+                self.register_parameter(name, torch.nn.Parameter(torch.empty(shape, **factory)))
+        self.reset_parameters()
+        self.backend = backend
+
+    def reset_parameters(self):
+        bound = 1.0 / self.hidden_size ** 0.5
+        for p in self.parameters():
+            torch.nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self):
+        return (f"{self._cell.name!r}, {self.input_size}, {self.hidden_size}, num_layers="
+                f"{self.num_layers}, bias={self.bias}, batch_first={self.batch_first}, dropout="
+                f"{self.dropout}, bidirectional={self.bidirectional}, backend={self.backend!r}")
+
+    def forward(self, input, state0=None, lengths=None):
+        S, names = self._cell.n_states, self._cell.states
+        if state0 is not None:
+            if isinstance(state0, torch.Tensor) and S == 1:
+                state0 = (state0,)
+            if not isinstance(state0, (tuple, list)) or len(state0) != S:
+                raise TypeError(f"state0: expected a tuple of {S} states {names} for cell"
+                                f" {self._cell.name!r} (each may be None), got"
+                                f" {type(state0).__name__}")
+        out, states = self._run(input, state0, [f"state0[{k}] ({n})" for k, n in enumerate(names)],
+                                lengths)
+        if not states:
+            raise AssertionError("no state returned")
+        return out, tuple(states)
 
 
 def _pack_like(out, packed_input):
@@ -916,7 +977,7 @@ class RNN(_GpurnnRNNBase):
             nonlinearity = kwargs.pop("nonlinearity", "tanh")
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
-        self._cell = f"rnn_{nonlinearity}"
+        self._cell = get_cell(f"rnn_{nonlinearity}")
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", *args, **kwargs)
         self.nonlinearity = nonlinearity
 
@@ -927,7 +988,7 @@ class LSTM(_GpurnnRNNBase):
     LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
          bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='auto')"""
 
-    _cell = "lstm"
+    _cell = get_cell("lstm")
 
     def __init__(self, *args, **kwargs):
         super().__init__("LSTM", *args, **kwargs)
@@ -939,7 +1000,7 @@ class GRU(_GpurnnRNNBase):
     GRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
         bidirectional=False, device=None, dtype=None, *, backend='auto')"""
 
-    _cell = "gru"
+    _cell = get_cell("gru")
 
     def __init__(self, *args, **kwargs):
         _reject_proj_size(kwargs)

@@ -314,3 +314,49 @@ def test_recurrent_by_name_and_state_errors(rng):
         m2(x, (None, None, np.zeros((1, 1, 5)), None))
     with pytest.raises(ValueError, match=r"cell: expected a CellSpec or one of \["):
         gpurnn.Recurrent("no_such_cell", 3, 4)
+
+
+# ----------------------------------------------------------------------------- gpurnn.torch
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_torch_recurrent_user_cell_equals_torch_autograd(backend, rng):
+    """gpurnn.torch.Recurrent: the same parameter names, the same kernels inside autograd;
+    equal to a plain torch implementation of the cell (float64, lengths, 2 layers, bidir)."""
+    torch = pytest.importorskip("torch")
+    import gpurnn.torch as gt
+    torch.manual_seed(0)
+    m = gt.Recurrent(LEAKY, 4, 5, num_layers=2, bidirectional=True, dtype=torch.float64,
+                     backend=backend)
+    names = [n for n, _ in m.named_parameters()]
+    assert names == list(gpurnn.Recurrent(LEAKY, 4, 5, num_layers=2, bidirectional=True).state_dict())
+    x = torch.randn(6, 3, 4, dtype=torch.float64, requires_grad=True)
+    s0 = tuple(torch.rand(4, 3, 5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lengths = torch.tensor([6, 2, 4])
+    out, state_n = m(x, s0, lengths=lengths)
+    (out.square().sum() + sum(s.sum() for s in state_n)).backward()
+    params = {k: p.detach().clone().requires_grad_() for k, p in m.named_parameters()}
+    x2 = x.detach().clone().requires_grad_()
+    s2 = tuple(s.detach().clone().requires_grad_() for s in s0)
+    ref_out, ref_state = _torch_stack(torch, _torch_leaky, params, 3, x2, s2, lengths, 2, 2)
+    (ref_out.square().sum() + sum(s.sum() for s in ref_state)).backward()
+    assert rel_err(out.detach(), ref_out.detach()) <= 1e-10
+    assert rel_err(x.grad, x2.grad) <= 1e-10
+    for a, b in zip(s0, s2):
+        assert rel_err(a.grad, b.grad) <= 1e-10
+    for k, p in m.named_parameters():
+        assert rel_err(p.grad, params[k].grad) <= 1e-10, k
+
+
+def test_torch_recurrent_double_backward_and_compile(rng):
+    """A user cell's double backward runs its own forward in torch ops (gradgradcheck), and
+    torch.compile(fullgraph=True) traces the module with no graph break."""
+    torch = pytest.importorskip("torch")
+    import gpurnn.torch as gt
+    m = gt.Recurrent("mgu", 2, 3, dtype=torch.float64, backend="numpy")
+    x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: m(x)[0], (x,))
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out_c, (h_c,) = compiled(x)
+    out_e, (h_e,) = m(x)
+    assert torch.allclose(out_c, out_e) and torch.allclose(h_c, h_e)
+    with pytest.raises(TypeError, match=r"state0: expected a tuple of 1 states \('h',\)"):
+        m(x, (None, None))
