@@ -20,7 +20,7 @@ import numpy as np
 from .arrays import to_numpy
 from .backend import get_backend
 from .cells import cell_spec
-from .validation import check_float_array, check_lengths, check_positive_int
+from .validation import check_array_like, check_float_array, check_lengths, check_positive_int
 
 
 class RNNBase:
@@ -193,6 +193,7 @@ class RNNBase:
         return (out, h_n), tape
 
     def _as_native(self, name, a):
+        check_array_like(name, a)
         try:
             return self._backend.asarray(a)
         except (TypeError, ValueError) as exc:

@@ -10,6 +10,15 @@ def describe_shape(shape):
     return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
 
 
+def check_array_like(name, a):
+    """TypeError naming the type unless ``a`` may be an array (NumPy would turn a string
+    into a 0-d array, and the user would hear about its shape instead of its type)."""
+    if a is None or isinstance(a, (str, bytes, dict, set)):
+        shown = repr(a) if len(repr(a)) <= 40 else repr(a)[:37] + "..."
+        raise TypeError(f"{name}: expected an array of numbers, got {type(a).__name__} {shown}")
+    return a
+
+
 def check_float_array(name, a, shape, dtype):
     """``a`` must have ``shape`` (None = any size) and exactly ``dtype``. Returns a."""
     if not hasattr(a, "shape") or not hasattr(a, "dtype"):

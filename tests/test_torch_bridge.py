@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install gpurnn[torch])")
+torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install torch)")
 
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402

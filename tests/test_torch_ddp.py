@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install gpurnn[torch])")
+torch = pytest.importorskip("torch", reason="gpurnn.torch needs PyTorch (pip install torch)")
 dist = pytest.importorskip("torch.distributed", reason="torch built without torch.distributed")
 if not dist.is_available() or not dist.is_gloo_available():
     pytest.skip("torch.distributed with the gloo backend is not available", allow_module_level=True)
