@@ -193,6 +193,8 @@ def _config_for(args, text):
 
 
 def cmd_train(args):
+    import numpy as np
+
     from .charlm import TrainingDiverged, plot_loss_curve
     from .checkpoint import remove_stale_temps
     from .data import default_corpus, load_text
@@ -225,7 +227,9 @@ def cmd_train(args):
     bar = ProgressBar(args.steps, start=trainer.step)
     t_start = time.perf_counter()
     val_bpc = None
-    with StopOnSignal() as stop:
+    # Overflow on the way to a divergence is reported once, by the check in train_step,
+    # not as a screenful of NumPy RuntimeWarnings.
+    with StopOnSignal() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         try:
             while trainer.step < args.steps and not stop.signum:
                 bpc, _ = trainer.train_step()
