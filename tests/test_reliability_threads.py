@@ -132,3 +132,21 @@ def test_two_threads_at_once_give_one_threads_results(split_small_shapes):
             np.testing.assert_array_equal(a, b)
     after = blas_threads()
     assert {k: after[k] for k in before} == before       # a library loaded meanwhile may be new
+
+
+@pytest.mark.parametrize("batch", [1, 11])          # "units" and "rows" splits
+def test_fixed_thread_count_is_bitwise_repeatable(batch, split_small_shapes):
+    """The README's determinism promise: the same thread count gives the same bits; another
+    thread count splits the sums differently and changes results at rounding level only."""
+    x = np.random.default_rng(batch).standard_normal((20, batch, 5)).astype(np.float32)
+
+    def run(threads):
+        m = gpurnn.LSTM(5, 37, backend=CpuBackend(threads=threads), seed=3)
+        out, _ = m(x)
+        m.backward(np.ones_like(out))
+        return out, m.grads["weight_hh_l0"].copy()
+    one, two = run(1), run(2)
+    for a, b in zip(two, run(2)):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(two, one):
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max()
