@@ -6,8 +6,11 @@
     gpurnn gradflow --out runs/gradflow     # vanishing / exploding gradients, plotted
     gpurnn info                             # backends, GPU, versions: paste into bug reports
 
-Problems the user can fix (bad text, window too long, bad checkpoint, backend missing)
-end with exit code 2 and one line naming the problem, never a traceback.
+Problems the user can fix (a bad argument value, bad text, window too long, bad
+checkpoint, backend missing, unwritable output, a diverging run) end with exit code 2 and
+one line naming the problem, never a traceback: commands raise, and main() is the one
+place that reports (``expected_errors``). Training saves DIR/checkpoint.npz periodically
+and on SIGINT/SIGTERM (exit 130/143); README, Reliability.
 """
 import argparse
 import contextlib
@@ -254,6 +257,8 @@ def cmd_train(args):
                           stop.signum)
     bar.finish()
     trainer.check_finite()
+    if saver.saved_step != trainer.step:
+        saver.save()                   # before the final evaluation: a Ctrl-C there loses nothing
     if val_bpc is None or trainer.history["val_step"][-1:] != [trainer.step]:
         val_bpc = trainer.evaluate("val")
     train_bpc = trainer.evaluate("train")
