@@ -19,7 +19,6 @@ from threadpoolctl import threadpool_info
 
 import gpurnn
 from gpurnn.cpu import CpuBackend, kernels
-from gpurnn.cpu.parallel import single_threaded_blas
 
 T, B, I, H = 6, 1, 3, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's gpurnn
@@ -67,7 +66,6 @@ ORDERED_EXIT = """
 import json, threading
 import numpy as np
 from threadpoolctl import threadpool_info
-from gpurnn.cpu.parallel import single_threaded_blas
 
 def blas():
     return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
