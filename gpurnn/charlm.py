@@ -17,7 +17,6 @@ function of the step number alone, which makes a resumed run repeat the uninterr
 import contextlib
 import hashlib
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -31,6 +30,7 @@ from .data import TextError, Vocabulary, as_streams, one_hot, split_train_val
 from .layers import make_layer
 from .losses import LN2, OutputLayer, unigram_entropy_bits
 from .optim import clip_grad_norm, make_optimizer
+from .validation import physical_memory
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
@@ -134,13 +134,6 @@ def train_nbytes(config, vocab_size):
     acts = config.window * config.batch * (config.layers * (G + 3) * config.hidden + 2 * vocab_size)
     copies = 2 + len(OPTIMIZER_BUFFERS[config.optimizer])
     return (copies * params + acts) * np.dtype(config.dtype).itemsize
-
-
-def physical_memory():
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 class TrainingDiverged(ValueError):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .arrays import to_numpy
+from .validation import physical_memory
 
 FORMAT = "gpurnn-checkpoint"
 VERSION = 1
@@ -134,10 +135,8 @@ def _fsync_directory(directory):
 
 def default_max_bytes():
     """Most bytes of arrays one load may allocate: half the machine's memory."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
+    memory = physical_memory()
+    return memory // 2 if memory else 8 << 30
 
 
 class _Archive:

@@ -3,6 +3,8 @@
 Each check raises before any kernel runs, naming the argument, what was expected and
 what was given, so a user never meets a Numba typing error or a silent wrong answer.
 """
+import os
+
 import numpy as np
 
 
@@ -59,3 +61,12 @@ def check_positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def physical_memory():
+    """The machine's memory in bytes (None where the platform cannot say): the bound that
+    sizes read from files or asked for by users are checked against before allocating."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

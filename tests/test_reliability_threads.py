@@ -66,6 +66,7 @@ ORDERED_EXIT = """
 import json, threading
 import numpy as np
 from threadpoolctl import threadpool_info
+from gpurnn.cpu.parallel import single_threaded_blas
 
 def blas():
     return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}

@@ -26,6 +26,7 @@ import contextlib
 import ctypes
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -129,12 +130,12 @@ class _SharedBlasLimit:
     BLAS thread counts are process-wide, so per-caller save/restore (a threadpoolctl
     limiter each) breaks when two threads overlap: the one that leaves last restores the
     limit the other had set, and BLAS stays at one thread for good. Here the first holder
-    saves the original limits and the last one restores them, whatever the order."""
+    saves the original counts and the last one restores them, whatever the order."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._holds = {}              # thread ident -> nesting depth
-        self._limiter = None          # threadpoolctl limiter: the saved original limits
+        self._saved = None            # [(library controller, its thread count before)]
         self._controller = None
 
     @contextlib.contextmanager
@@ -144,7 +145,10 @@ class _SharedBlasLimit:
             if not self._holds:
                 if self._controller is None:
                     self._controller = _blas_controller()
-                self._limiter = self._controller.limit(limits=1, user_api="blas")
+                libs = [lib for lib in self._controller.lib_controllers if lib.user_api == "blas"]
+                self._saved = [(lib, lib.get_num_threads()) for lib in libs]
+                for lib in libs:
+                    _set_threads(lib, 1)
             self._holds[me] = self._holds.get(me, 0) + 1
         try:
             yield
@@ -157,8 +161,9 @@ class _SharedBlasLimit:
         if left:
             self._holds[ident] = left
         elif not self._holds:
-            self._limiter.restore_original_limits()
-            self._limiter = None
+            for lib, threads in self._saved:
+                _set_threads(lib, threads)
+            self._saved = None
 
     def after_fork_in_child(self):
         """Only the forking thread exists in the child: drop the others' holds."""
@@ -166,6 +171,17 @@ class _SharedBlasLimit:
         me = threading.get_ident()
         for ident in [i for i in self._holds if i != me]:
             self._release(ident, self._holds[ident])
+
+
+def _set_threads(lib, threads, tries=100):
+    """lib.set_num_threads(threads), checked: OpenBLAS (0.3.31, pthreads) now and then drops
+    a change made by one thread just after another thread's (seen about one time in two
+    when two threads leave the limit back to back), so set again until it holds."""
+    for _ in range(tries):
+        lib.set_num_threads(threads)
+        if lib.get_num_threads() == threads:
+            return
+        time.sleep(1e-4)
 
 
 _blas = _SharedBlasLimit()
