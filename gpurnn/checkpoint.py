@@ -22,6 +22,7 @@ import json
 import os
 import secrets
 import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -37,10 +38,11 @@ PREFIXES = ("param", "optim", "array")
 MAX_META_BYTES = 64 << 20       # the JSON (history included: ~60 bytes per step)
 MAX_ENTRIES = 10_000
 _CHUNK = 1 << 20                # payloads are read in pieces straight into their arrays
-# What a corrupt archive may raise from zipfile / zlib / the .npy header parser.
+# What a corrupt archive may raise from zipfile / zlib / the .npy header parser (which
+# tokenizes the header: hypothesis found the TokenError).
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, OSError, EOFError, ValueError,
                 NotImplementedError, struct.error, UnicodeError, KeyError, OverflowError,
-                SyntaxError, TypeError)
+                SyntaxError, TypeError, tokenize.TokenError)
 
 
 class CheckpointError(ValueError):

@@ -244,7 +244,8 @@ def load_fuzzed(tmp_path, data, budget):
         assert peak <= budget, (peak, budget)
 
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=int(os.environ.get("GPURNN_FUZZ_EXAMPLES", 40)), deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ

@@ -128,7 +128,8 @@ def bad_command(draw, tmp, text_file, trained):
     return argv
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("GPURNN_FUZZ_EXAMPLES", 60)), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_bad_values_never_give_a_traceback(tmp_path, text_file, trained, data):
     argv = data.draw(bad_command(str(tmp_path / "out"), text_file, trained))
