@@ -16,6 +16,7 @@ function of the step number alone, which makes a resumed run repeat the uninterr
 """
 import contextlib
 import hashlib
+import math
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -23,17 +24,19 @@ import numpy as np
 
 from .arrays import to_numpy
 from .backend import get_backend
+from .cells import get_cell, names
 from .checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
 from .data import TextError, Vocabulary, as_streams, one_hot, split_train_val
 from .layers import make_layer
 from .losses import LN2, OutputLayer, unigram_entropy_bits
 from .optim import clip_grad_norm, make_optimizer
+from .validation import physical_memory
 
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+CELLS = tuple(names())        # every registered cell (the built-ins at import)
 
 
 def make_rnn(cell, input_size, hidden_size, num_layers=1, backend="auto", dtype="float32", seed=None):
-    """A gpurnn recurrent layer by cell name: lstm, gru, rnn_tanh, rnn_relu."""
+    """A gpurnn recurrent layer by cell name (any registered cell, gpurnn.cells.names())."""
     return make_layer(cell, input_size, hidden_size, num_layers=num_layers, backend=backend,
                       dtype=dtype, seed=seed)
 
@@ -59,9 +62,88 @@ class LMConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
+    def check(self):
+        """ConfigError naming the first field whose value cannot train (wrong type, out of
+        range, NaN); returns self. Bounds are far above any run that fits a machine, and
+        stop a typo (or a crafted checkpoint) from asking for terabytes."""
+        for name, (kind, low, high) in CONFIG_RULES.items():
+            value = getattr(self, name)
+            if kind is int:
+                ok = isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+                expected = f"an integer in {low}..{high}"
+            elif kind is float:
+                ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+                      and math.isfinite(value) and low < value < high)
+                expected = f"a finite number in ({low:g}, {high:g})"
+            else:
+                ok = value in kind
+                expected = f"one of {', '.join(kind)}"
+            if not ok:
+                raise ConfigError(name, f"expected {expected}, got {value!r}")
+        if not isinstance(self.backend, str):
+            raise ConfigError("backend", f"expected a backend name, got {self.backend!r}")
+        return self
+
+
+class ConfigError(ValueError):
+    """An LMConfig value that cannot train; ``field`` names it."""
+
+    def __init__(self, field, problem):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+# (type, low, high) per LMConfig field; a tuple of strings is the set of choices.
+CONFIG_RULES = {
+    "cell": (CELLS, None, None), "hidden": (int, 1, 1 << 16), "layers": (int, 1, 64),
+    "window": (int, 1, 1 << 20), "batch": (int, 1, 1 << 16), "lr": (float, 0.0, math.inf),
+    "optimizer": (("adam", "sgd"), None, None), "clip": (float, 0.0, math.inf),
+    "val_fraction": (float, 0.0, 1.0), "dtype": (("float32", "float64"), None, None),
+    "seed": (int, 0, 2 ** 63 - 1),
+}
 
 # Config entries that change the model's shapes or the data order: a checkpoint must agree.
 SHAPE_KEYS = ("cell", "hidden", "layers")
+# What a resumed run may change (it then continues, but not as the saved run would have).
+RESUME_OVERRIDES = ("backend", "lr", "clip")
+
+
+def param_shapes(config, vocab_size):
+    """{name: shape} of CharLM's parameters, from torch's layout (the public contract of
+    the layers' state_dict; tests/test_reliability_checkpoint.py checks it against a model),
+    without building the model: a checkpoint's arrays are checked against it first."""
+    G, H, V = get_cell(config.cell).n_gates, config.hidden, vocab_size
+    shapes = {}
+    for layer in range(config.layers):
+        shapes[f"rnn.weight_ih_l{layer}"] = (G * H, V if layer == 0 else H)
+        shapes[f"rnn.weight_hh_l{layer}"] = (G * H, H)
+        shapes[f"rnn.bias_ih_l{layer}"] = (G * H,)
+        shapes[f"rnn.bias_hh_l{layer}"] = (G * H,)
+    shapes.update({"head.weight": (H, V), "head.bias": (V,)})
+    return shapes
+
+
+OPTIMIZER_BUFFERS = {"adam": ("m", "v"), "sgd": ("velocity",)}
+
+
+def train_nbytes(config, vocab_size):
+    """About the memory a training run holds: weights, gradients and optimizer buffers,
+    plus one window's activations and tape."""
+    params = sum(math.prod(s) for s in param_shapes(config, vocab_size).values())
+    G = get_cell(config.cell).n_gates
+    acts = config.window * config.batch * (config.layers * (G + 3) * config.hidden + 2 * vocab_size)
+    copies = 2 + len(OPTIMIZER_BUFFERS[config.optimizer])
+    return (copies * params + acts) * np.dtype(config.dtype).itemsize
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss, gradient norm or weight: the step that showed it was not applied."""
+
+    def __init__(self, step, what, value, config):
+        super().__init__(f"training diverged at step {step}: the {what} is {value}; lower the "
+                         f"learning rate (--lr, now {config.lr:g}) or clip harder (--clip, now "
+                         f"{config.clip:g})")
+        self.step = step
 
 
 class CharLM:
@@ -147,6 +229,8 @@ def sample(lm, vocab, length, temperature=1.0, prime="", rng=None):
     """Generate ``length`` characters after ``prime``; temperature <= 0 means greedy.
 
     The prime is run through the RNN first, so its state conditions the sample."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or math.isnan(temperature):
+        raise ValueError(f"temperature: expected a number (<= 0 for greedy), got {temperature!r}")
     rng = np.random.default_rng() if rng is None else rng
     if not prime:
         prime = "\n" if "\n" in vocab.index else vocab.chars[0]
@@ -158,6 +242,9 @@ def sample(lm, vocab, length, temperature=1.0, prime="", rng=None):
     generated = []
     for _ in range(length):
         logits = np.asarray(to_numpy(lm.head.logits(h)), dtype=np.float64).ravel()
+        if not np.all(np.isfinite(logits)):
+            raise ValueError("sample: the model's outputs are not finite (NaN or Inf weights: a "
+                             "diverged run); sample from an earlier checkpoint")
         if temperature <= 0:
             nxt = int(np.argmax(logits))
         else:
@@ -175,7 +262,7 @@ class Trainer:
     """Owns the text, model, optimizer, carried state, RNG and history of one run."""
 
     def __init__(self, text, config=None, vocab=None, max_val_chars=50_000):
-        self.config = config or LMConfig()
+        self.config = (config or LMConfig()).check()
         c = self.config
         if len(text) <= c.window:
             raise TextError(f"window: --window {c.window} is longer than the text "
@@ -193,6 +280,11 @@ class Trainer:
         self.batch = max(1, min(c.batch, (len(self.train_ids) - 1) // (c.window + 1)))
         self.streams = as_streams(self.train_ids, self.batch)
         self.windows_per_epoch = (self.streams.shape[1] - 1) // c.window
+        need, have = train_nbytes(c, len(self.vocab)), physical_memory()
+        if have and need > have:
+            raise ConfigError("hidden", f"{c.hidden} ({c.layers} layer(s) of {c.cell}, batch "
+                              f"{self.batch}, window {c.window}) needs about {need / 2**30:.1f} GiB, "
+                              f"this machine has {have / 2**30:.1f} GiB; use a smaller model")
         self.lm = CharLM(len(self.vocab), c.cell, c.hidden, c.layers, c.backend, c.dtype, c.seed)
         self.optimizer = make_optimizer(c.optimizer, c.lr)
         self.rng = np.random.default_rng(c.seed)     # sampling during training
@@ -207,7 +299,10 @@ class Trainer:
         return self.batch * self.config.window
 
     def train_step(self):
-        """One truncated-BPTT window + optimizer step. Returns (loss in bpc, pre-clip norm)."""
+        """One truncated-BPTT window + optimizer step. Returns (loss in bpc, pre-clip norm).
+
+        TrainingDiverged if the loss or the gradient norm is not finite; that step is then
+        not applied (weights, optimizer, carried state and step count stay as they were)."""
         k = self.config.window
         w = self.step % self.windows_per_epoch
         if w == 0:
@@ -216,10 +311,14 @@ class Trainer:
         y = self.streams[:, w * k + 1:(w + 1) * k + 1].T
         t0 = time.perf_counter()
         self.lm.zero_grad()
-        loss, self.state = self.lm.train_window(x, y, self.state)
+        loss, state = self.lm.train_window(x, y, self.state)
         grads = self.lm.grads()
         norm = clip_grad_norm(grads, self.config.clip)
+        for what, value in (("loss", loss), ("gradient norm", norm)):
+            if not math.isfinite(value):
+                raise TrainingDiverged(self.step + 1, what, value, self.config)
         self.optimizer.step(self.lm.parameters(), grads)
+        self.state = state
         self.train_seconds += time.perf_counter() - t0
         self.step += 1
         bpc = loss / LN2
@@ -227,6 +326,19 @@ class Trainer:
         self.history["train_bpc"].append(bpc)
         self.history["grad_norm"].append(norm)
         return bpc, norm
+
+    def check_finite(self):
+        """TrainingDiverged unless every weight is finite (a step with a finite loss and
+        gradient can still overflow them); checked before evaluating, sampling, saving."""
+        for name, p in self.lm.parameters().items():
+            if not np.all(np.isfinite(to_numpy(p))):
+                raise TrainingDiverged(self.step, f"weight {name}", "not finite", self.config)
+
+    @property
+    def train_eval_chars(self):
+        """Characters evaluate("train") scores: the start of the training text, as many as
+        the validation text has."""
+        return min(len(self.train_ids), len(self.val_ids))
 
     def evaluate(self, which="val"):
         """Bits per character on the validation text, or on an equally long slice of the
@@ -266,11 +378,13 @@ class Trainer:
     def resume(cls, path, text, **overrides):
         """A Trainer continuing the run saved at ``path`` on the same ``text``.
 
-        ``overrides`` may change settings that do not affect shapes (e.g. backend)."""
-        ckpt = load_checkpoint(path)
-        config = LMConfig.from_dict({**ckpt.config, **overrides})
-        if not ckpt.vocab:
-            raise CheckpointError(f"checkpoint {path}: has no vocabulary")
+        ``overrides`` may change RESUME_OVERRIDES (backend, lr, clip) only."""
+        wrong = sorted(set(overrides) - set(RESUME_OVERRIDES))
+        if wrong:
+            raise ValueError(f"overrides: a resumed run keeps its {', '.join(wrong)}; only "
+                             f"{', '.join(RESUME_OVERRIDES)} may change")
+        ckpt = load_checkpoint(path, expect=lambda c, keys: expected_entries(c, keys, path, training=True))
+        config = _checkpoint_config(ckpt, path, overrides)
         try:
             trainer = cls(text, config, vocab=Vocabulary(ckpt.vocab))
         except TextError as exc:
@@ -284,12 +398,13 @@ class Trainer:
         if list(ckpt.vocab or []) != self.vocab.chars:
             raise CheckpointError(f"{path}: vocabulary differs from this model's "
                                   f"({len(ckpt.vocab or [])} vs {len(self.vocab)} characters)")
-        if ckpt.extra.get("text_digest", self.text_digest) != self.text_digest:
+        extra = _checked_extra(ckpt, path)
+        if extra.get("text_digest", self.text_digest) != self.text_digest:
             raise CheckpointError(f"{path} was trained on a different text (digest "
-                                  f"{ckpt.extra.get('text_digest')} vs {self.text_digest}); resume "
+                                  f"{extra.get('text_digest')} vs {self.text_digest}); resume "
                                   f"needs the same text")
-        if ckpt.extra.get("batch", self.batch) != self.batch:
-            raise CheckpointError(f"{path}: was trained with {ckpt.extra.get('batch')} streams, this "
+        if extra.get("batch", self.batch) != self.batch:
+            raise CheckpointError(f"{path}: was trained with {extra.get('batch')} streams, this "
                                   f"text/config gives {self.batch}; resume needs the same text")
         be = self.lm._backend
         try:
@@ -297,26 +412,110 @@ class Trainer:
             self.optimizer.load_state_dict(ckpt.optimizer_arrays, ckpt.optimizer_meta or {}, be.asarray)
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(f"{path} does not fit this model: {exc}") from None
+        if self.optimizer.t != ckpt.step:
+            raise CheckpointError(f"checkpoint {path}: meta.optimizer.t: expected the step, "
+                                  f"{ckpt.step}, got {self.optimizer.t!r}")
+        try:
+            self.rng.bit_generator.state = ckpt.rng_state
+        except (ValueError, TypeError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path}: meta.rng_state: not a {type(self.rng.bit_generator).__name__} "
+                                  f"state ({type(exc).__name__}: {exc})") from None
         self.step = ckpt.step
         states = [be.asarray(ckpt.arrays[k]) for k in sorted(ckpt.arrays) if k.startswith("state")]
         self.state = None if not states else (tuple(states) if len(states) > 1 else states[0])
-        self.rng.bit_generator.state = ckpt.rng_state
-        self.history = {k: list(v) for k, v in ckpt.extra.get("history", self.history).items()}
-        self.train_seconds = float(ckpt.extra.get("train_seconds", 0.0))
+        self.history = {k: list(v) for k, v in extra.get("history", self.history).items()}
+        self.train_seconds = float(extra.get("train_seconds", 0.0))
+
+
+def _checkpoint_config(ckpt, path, overrides=None):
+    """The checkpoint's LMConfig (with ``overrides``), every value checked."""
+    unknown = sorted(set(ckpt.config) - {f.name for f in fields(LMConfig)})
+    if unknown:
+        raise CheckpointError(f"checkpoint {path}: config: unknown keys {unknown}")
+    try:
+        return LMConfig.from_dict({**ckpt.config, **(overrides or {})}).check()
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: config.{exc}") from None
+    except TypeError as exc:
+        raise CheckpointError(f"checkpoint {path}: config: {exc}") from None
+
+
+def _checked_vocab(ckpt, path):
+    chars = ckpt.vocab
+    if not chars:
+        raise CheckpointError(f"checkpoint {path}: meta.vocab: has no vocabulary (not a character LM)")
+    bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+    if bad or len(set(chars)) != len(chars):
+        raise CheckpointError(f"checkpoint {path}: meta.vocab: expected distinct single characters, "
+                              f"got {(bad or ['duplicates'])[0]!r}")
+    return Vocabulary(chars)
+
+
+def _checked_extra(ckpt, path):
+    """ckpt.extra with the fields the trainer uses checked (history, batch, timing)."""
+    extra = ckpt.extra
+    history = extra.get("history")
+    if history is not None:
+        keys = {"step", "train_bpc", "grad_norm", "val_step", "val_bpc"}
+        if (not isinstance(history, dict) or set(history) != keys
+                or not all(isinstance(v, list) for v in history.values())):
+            raise CheckpointError(f"checkpoint {path}: meta.extra.history: expected lists "
+                                  f"{sorted(keys)}")
+    batch = extra.get("batch")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise CheckpointError(f"checkpoint {path}: meta.extra.batch: expected an integer >= 1, got {batch!r}")
+    seconds = extra.get("train_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
+        raise CheckpointError(f"checkpoint {path}: meta.extra.train_seconds: expected a number >= 0, "
+                              f"got {seconds!r}")
+    return extra
+
+
+def expected_entries(ckpt, keys, path, training):
+    """``load_checkpoint``'s ``expect`` for a character LM: {entry: (shape, dtype) or None},
+    from the checkpoint's own (checked) config and vocabulary. ``training``: the optimizer
+    buffers and the carried state are read too (an exact resume needs them)."""
+    config = _checkpoint_config(ckpt, path)
+    vocab = _checked_vocab(ckpt, path)
+    shapes = param_shapes(config, len(vocab))
+    dtype = config.dtype
+    plan = {f"param/{n}": (s, dtype) for n, s in shapes.items()}
+    buffers = OPTIMIZER_BUFFERS[config.optimizer]
+    optim = {f"optim/{b}/{n}": (s, dtype) for b in buffers for n, s in shapes.items()}
+    if training and ckpt.step > 0 and not set(optim) <= set(keys):
+        raise CheckpointError(f"checkpoint {path}: has no optimizer state ({config.optimizer} "
+                              f"{'/'.join(buffers)} buffers) at step {ckpt.step}; resuming would "
+                              f"restart the optimizer, not continue the run")
+    n_states = get_cell(config.cell).n_states
+    states = {f"array/state{i}": i for i in range(n_states)}
+    present = [k for k in states if k in keys]
+    if training and present:
+        batch = _checked_extra(ckpt, path).get("batch")
+        if batch is None or len(present) != n_states:
+            raise CheckpointError(f"checkpoint {path}: carried state: expected {n_states} arrays "
+                                  f"and meta.extra.batch, got {present} and batch {batch!r}")
+        plan.update({k: ((config.layers, batch, config.hidden), dtype) for k in states})
+    else:
+        plan.update(dict.fromkeys(present))
+    plan.update({k: spec if training else None for k, spec in optim.items() if k in keys})
+    return plan
 
 
 def load_model(path, backend="auto"):
-    """(CharLM, Vocabulary, checkpoint) from a checkpoint written by ``Trainer.save``."""
-    ckpt = load_checkpoint(path)
-    if not ckpt.vocab:
-        raise CheckpointError(f"checkpoint {path}: has no vocabulary (not a character LM)")
-    config = LMConfig.from_dict({**ckpt.config, "backend": backend})
-    lm = CharLM(len(ckpt.vocab), config.cell, config.hidden, config.layers, backend, config.dtype, None)
+    """(CharLM, Vocabulary, checkpoint) from a checkpoint written by ``Trainer.save``; only
+    the weights are read (sizes checked against the config before any allocation)."""
+    ckpt = load_checkpoint(path, expect=lambda c, keys: expected_entries(c, keys, path, training=False))
+    config = _checkpoint_config(ckpt, path)
+    vocab = _checked_vocab(ckpt, path)
+    for name, value in ckpt.params.items():
+        if not np.all(np.isfinite(value)):
+            raise CheckpointError(f"checkpoint {path}: param/{name} contains NaN or Inf (a diverged run)")
+    lm = CharLM(len(vocab), config.cell, config.hidden, config.layers, backend, config.dtype, None)
     try:
         lm.load_state_dict(ckpt.params)
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"checkpoint {path}: weights do not fit its config: {exc}") from None
-    return lm, Vocabulary(ckpt.vocab), ckpt
+    return lm, vocab, ckpt
 
 
 def plot_loss_curve(history, path, unigram_bpc=None, title="character LM"):
@@ -344,5 +543,5 @@ def plot_loss_curve(history, path, unigram_bpc=None, title="character LM"):
     plt.close(fig)
 
 
-__all__ = ["CELLS", "CharLM", "LMConfig", "Trainer", "load_model", "make_rnn", "plot_loss_curve",
-           "sample"]
+__all__ = ["CELLS", "CharLM", "ConfigError", "LMConfig", "Trainer", "TrainingDiverged", "load_model",
+           "make_rnn", "param_shapes", "plot_loss_curve", "sample"]

@@ -6,15 +6,22 @@
     gpurnn gradflow --out runs/gradflow     # vanishing / exploding gradients, plotted
     gpurnn info                             # backends, GPU, versions: paste into bug reports
 
-Problems the user can fix (bad text, window too long, bad checkpoint, backend missing)
-end with exit code 2 and one line naming the problem, never a traceback.
+Problems the user can fix (a bad argument value, bad text, window too long, bad
+checkpoint, backend missing, unwritable output, a diverging run) end with exit code 2 and
+one line naming the problem, never a traceback: commands raise, and main() is the one
+place that reports (``expected_errors``). Training saves DIR/checkpoint.npz periodically
+and on SIGINT/SIGTERM (exit 130/143); README, Reliability.
 """
 import argparse
+import contextlib
 import json
-from dataclasses import asdict
+import math
 import os
+import signal
 import sys
+import threading
 import time
+from dataclasses import asdict
 
 EXIT_USAGE = 2
 
@@ -23,73 +30,190 @@ class UsageError(Exception):
     """A problem with the user's input: reported in one line, exit code 2."""
 
 
+class Stopped(Exception):
+    """Training stopped by a signal after saving: exit code 128 + the signal's number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.code = 128 + signum
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def integer(low, high):
+    """argparse type: an int in low..high."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in {low}..{high:,}, got {value}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(low=None, high=None, allow_low=False):
+    """argparse type: a finite float, above ``low`` (or equal, with allow_low), below ``high``."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (low is None or value > low or (allow_low and value == low)) \
+            and (high is None or value < high)
+        if not ok:
+            bound = "" if low is None else f" {'>=' if allow_low else '>'} {low:g}"
+            bound += "" if high is None else f"{' and' if bound else ''} < {high:g}"
+            raise argparse.ArgumentTypeError(f"expected a finite number{bound}, got {text}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
+def cell_list(text):
+    """argparse type: comma-separated cell names, at least one."""
+    from .charlm import CELLS
+    cells = tuple(c for c in text.split(",") if c)
+    bad = [c for c in cells if c not in CELLS]
+    if bad or not cells:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(CELLS)}, "
+                                         f"got {text!r}")
+    return cells
+
+
+def resolve_backend(name, option="--backend"):
+    """The backend object for a --backend value; UsageError naming the option otherwise."""
+    from .backend import BackendUnavailable, get_backend
+    try:
+        return get_backend(name)
+    except (ValueError, BackendUnavailable) as exc:
+        raise UsageError(f"{option}: {exc}") from None
+
+
+def output_dir(path, option="--out"):
+    """Create ``path`` (a directory for the command's outputs) or say why not."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path}: exists and is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: cannot create it ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UsageError(f"{option} {path}: not writable")
+    return path
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turns an OSError while writing ``path`` into a one-line UsageError."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+
 # ----------------------------------------------------------------------------- train
 
 
 # About a minute on a 2-core CPU with the cpu backend (README shows a measured run).
 DEFAULT_STEPS = 1000
+CHECKPOINT_EVERY, CHECKPOINT_SECONDS = 100, 60.0
+MAX_STEPS = 10 ** 9
+# The LMConfig fields that are train options (same names, "_" -> "-"); their defaults are
+# LMConfig's, so that a resumed run can tell which ones the user gave.
+CONFIG_OPTIONS = ("cell", "hidden", "layers", "backend", "window", "batch", "lr", "optimizer", "clip",
+                  "val_fraction", "seed")
 
 
 def add_train_args(p):
+    from .charlm import CELLS, LMConfig
+    d = LMConfig()
     p.add_argument("--text", metavar="FILE", help="UTF-8 text to train on (default: the Python "
                    "standard library's own source, found on every machine with Python)")
-    p.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh", "rnn_relu"],
-                   help="recurrent cell (default: lstm)")
-    p.add_argument("--hidden", type=int, default=256, help="hidden units per layer (default: 256)")
-    p.add_argument("--layers", type=int, default=1, help="stacked layers (default: 1)")
-    p.add_argument("--backend", default="auto", help="numpy | cpu | cuda | auto (default: auto)")
-    p.add_argument("--window", "-k", type=int, default=64,
-                   help="truncated-BPTT window k in characters (default: 64)")
-    p.add_argument("--batch", type=int, default=32, help="parallel text streams B (default: 32)")
-    p.add_argument("--lr", type=float, default=1e-2, help="learning rate (default: 1e-2)")
-    p.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="(default: adam)")
-    p.add_argument("--clip", type=float, default=5.0, help="max global gradient norm (default: 5)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                   help=f"optimizer steps, one window each (default: {DEFAULT_STEPS})")
-    p.add_argument("--val-fraction", type=float, default=0.1,
-                   help="held-out tail of the text for validation (default: 0.1)")
-    p.add_argument("--eval-every", type=int, default=None, help="validate every N steps (default: steps/5)")
-    p.add_argument("--sample-every", type=int, default=None,
+    p.add_argument("--cell", choices=CELLS, help=f"recurrent cell (default: {d.cell})")
+    p.add_argument("--hidden", type=int, help=f"hidden units per layer (default: {d.hidden})")
+    p.add_argument("--layers", type=int, help=f"stacked layers (default: {d.layers})")
+    p.add_argument("--backend", help=f"numpy | cpu | cuda | auto (default: {d.backend})")
+    p.add_argument("--window", "-k", type=int,
+                   help=f"truncated-BPTT window k in characters (default: {d.window})")
+    p.add_argument("--batch", type=int, help=f"parallel text streams B (default: {d.batch})")
+    p.add_argument("--lr", type=float, help=f"learning rate (default: {d.lr:g})")
+    p.add_argument("--optimizer", choices=["adam", "sgd"], help=f"(default: {d.optimizer})")
+    p.add_argument("--clip", type=float, help=f"max global gradient norm (default: {d.clip:g})")
+    p.add_argument("--steps", type=integer(1, MAX_STEPS), default=DEFAULT_STEPS,
+                   help=f"optimizer steps in total, one window each (default: {DEFAULT_STEPS})")
+    p.add_argument("--val-fraction", type=float,
+                   help=f"held-out tail of the text for validation (default: {d.val_fraction:g})")
+    p.add_argument("--eval-every", type=integer(1, MAX_STEPS), default=None,
+                   help="validate every N steps (default: steps/5)")
+    p.add_argument("--sample-every", type=integer(0, MAX_STEPS), default=None,
                    help="print a sample every N steps (default: steps/4; 0 = never)")
-    p.add_argument("--sample-length", type=int, default=200, help="characters per sample (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default: 0.8)")
-    p.add_argument("--seed", type=int, default=0, help="weights and sampling seed (default: 0)")
+    p.add_argument("--sample-length", type=integer(0, 10 ** 6), default=200,
+                   help="characters per sample (default: 200)")
+    p.add_argument("--temperature", type=number(0.0), default=0.8,
+                   help="sampling temperature > 0 (default: 0.8)")
+    p.add_argument("--seed", type=int, help=f"weights and sampling seed (default: {d.seed})")
     p.add_argument("--out", default="runs/charlm", metavar="DIR",
                    help="writes DIR/metrics.json, DIR/loss_curve.png, DIR/checkpoint.npz "
                         "(default: runs/charlm)")
-    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (same text) up to "
-                   "--steps in total")
+    p.add_argument("--checkpoint-every", type=integer(0, MAX_STEPS), default=CHECKPOINT_EVERY,
+                   metavar="N", help=f"save DIR/checkpoint.npz every N steps (default: "
+                   f"{CHECKPOINT_EVERY}; 0 = only at the end), and on Ctrl-C / SIGTERM")
+    p.add_argument("--checkpoint-seconds", type=number(0.0, allow_low=True), default=CHECKPOINT_SECONDS,
+                   metavar="S", help=f"...and at least every S seconds (default: {CHECKPOINT_SECONDS:g}; "
+                   f"0 = no time limit)")
+    p.add_argument("--resume", metavar="CKPT", help="continue the run saved in CKPT (same text, same "
+                   "settings) up to --steps in total; it matches the uninterrupted run bit for bit")
+
+
+def _config_for(args, text):
+    """(Trainer, notes) for a new run or a resumed one; every conflict is a UsageError."""
+    from .charlm import ConfigError, LMConfig, RESUME_OVERRIDES, Trainer
+    from .checkpoint import load_checkpoint
+    given = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
+    notes = []
+    try:
+        if not args.resume:
+            return Trainer(text, LMConfig(**given)), notes
+        saved = load_checkpoint(args.resume, expect=lambda c, keys: dict.fromkeys(keys))   # meta only
+        conflicts = [f"--{k.replace('_', '-')} {v!r} (the checkpoint has {saved.config.get(k)!r})"
+                     for k, v in given.items() if k not in RESUME_OVERRIDES and v != saved.config.get(k)]
+        if conflicts:
+            raise UsageError(f"--resume keeps the saved run's settings; these differ: "
+                             f"{', '.join(conflicts)}. Drop them, or start a new run without --resume")
+        if saved.step >= args.steps:
+            raise UsageError(f"--steps {args.steps}: the checkpoint is already at step {saved.step}; "
+                             f"ask for more (--steps N, N > {saved.step}) to continue training")
+        overrides = {k: v for k, v in given.items() if k in RESUME_OVERRIDES}
+        notes = [f"note: --{k} {v!r} replaces the checkpoint's {saved.config.get(k)!r}"
+                 + ("" if k == "backend" else "; the run no longer repeats the uninterrupted one")
+                 for k, v in overrides.items() if v != saved.config.get(k)]
+        return Trainer.resume(args.resume, text, **overrides), notes
+    except ConfigError as exc:
+        raise UsageError(f"--{exc.field.replace('_', '-')}: {exc.problem}") from None
 
 
 def cmd_train(args):
-    from .backend import BackendUnavailable
-    from .charlm import LMConfig, Trainer, plot_loss_curve
-    from .checkpoint import CheckpointError
-    from .data import TextError, default_corpus, load_text
-    for name in ("hidden", "layers", "window", "batch", "steps"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
-    if not args.lr > 0:
-        raise UsageError(f"--lr: expected a positive number, got {args.lr}")
+    import numpy as np
+
+    from .charlm import TrainingDiverged, plot_loss_curve
+    from .checkpoint import remove_stale_temps
+    from .data import default_corpus, load_text
+    if args.backend is not None:
+        resolve_backend(args.backend)
+    output_dir(args.out)
+    ckpt_path = os.path.join(args.out, "checkpoint.npz")
+    remove_stale_temps(ckpt_path)          # left by a writer that was killed (kill -9)
     if args.text:
         text, source = load_text(args.text), args.text
     else:
         text, source = default_corpus()
-    config = LMConfig(cell=args.cell, hidden=args.hidden, layers=args.layers, window=args.window,
-                      batch=args.batch, lr=args.lr, optimizer=args.optimizer, clip=args.clip,
-                      val_fraction=args.val_fraction, backend=args.backend, seed=args.seed)
-    try:
-        if args.resume:
-            trainer = Trainer.resume(args.resume, text, backend=args.backend)
-        else:
-            trainer = Trainer(text, config)
-    except BackendUnavailable as exc:
-        raise UsageError(f"--backend: {exc}") from None
-    except ValueError as exc:       # the library's argument checks, e.g. an unknown backend name
-        if isinstance(exc, (TextError, CheckpointError)):
-            raise
-        raise UsageError(str(exc)) from None
+    trainer, notes = _config_for(args, text)
     c = trainer.config
+    for note in notes:
+        print(note, file=sys.stderr)
     print(f"text: {source} ({len(text)} chars, vocabulary {len(trainer.vocab)}, unigram entropy "
           f"{trainer.unigram_bpc:.2f} bits/char)")
     print(f"model: {c.cell} {c.layers}x{c.hidden} on backend {trainer.lm.backend!r}; window k={c.window}, "
@@ -97,73 +221,168 @@ def cmd_train(args):
           f"({trainer.chars_per_step} chars/step)")
     sys.stdout.flush()
 
-    os.makedirs(args.out, exist_ok=True)
     eval_every = args.eval_every or max(1, args.steps // 5)
     sample_every = args.sample_every if args.sample_every is not None else max(1, args.steps // 4)
+    saver = PeriodicCheckpoint(trainer, ckpt_path, args.checkpoint_every, args.checkpoint_seconds,
+                               extra={"text_source": source},
+                               saved_step=trainer.step if args.resume and _same_file(args.resume, ckpt_path)
+                               else None)
     bar = ProgressBar(args.steps, start=trainer.step)
     t_start = time.perf_counter()
     val_bpc = None
-    while trainer.step < args.steps:
-        bpc, _ = trainer.train_step()
-        bar.update(trainer.step, bpc, trainer.chars_per_second, val_bpc)
-        if trainer.step % eval_every == 0 or trainer.step == args.steps:
-            val_bpc = trainer.evaluate("val")
-        if sample_every and trainer.step % sample_every == 0 and trainer.step < args.steps:
+    # Overflow on the way to a divergence is reported once, by the check in train_step,
+    # not as a screenful of NumPy RuntimeWarnings.
+    with StopOnSignal() as stop, np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        try:
+            while trainer.step < args.steps and not stop.signum:
+                bpc, _ = trainer.train_step()
+                if trainer.step % eval_every == 0 or trainer.step == args.steps:
+                    trainer.check_finite()
+                    val_bpc = trainer.evaluate("val")
+                bar.update(trainer.step, bpc, trainer.chars_per_second, val_bpc)
+                if sample_every and trainer.step % sample_every == 0 and trainer.step < args.steps:
+                    trainer.check_finite()
+                    bar.clear()
+                    print(f"--- sample at step {trainer.step} (val {val_bpc if val_bpc is not None else float('nan'):.3f}"
+                          f" bpc) ---\n{trainer.sample(args.sample_length, args.temperature)}\n---", flush=True)
+                saver.maybe_save()
+        except TrainingDiverged as exc:
             bar.clear()
-            print(f"--- sample at step {trainer.step} (val {val_bpc if val_bpc is not None else float('nan'):.3f}"
-                  f" bpc) ---\n{trainer.sample(args.sample_length, args.temperature)}\n---", flush=True)
+            raise UsageError(f"{exc}; {saver.save_if_good()}") from None
+        if stop.signum:
+            bar.clear()
+            saver.save()
+            raise Stopped(f"stopped by {signal.Signals(stop.signum).name} at step {trainer.step}; saved "
+                          f"{ckpt_path}; continue with --resume {ckpt_path} --steps {args.steps}",
+                          stop.signum)
     bar.finish()
+    trainer.check_finite()
+    if saver.saved_step != trainer.step:
+        saver.save()                   # before the final evaluation: a Ctrl-C there loses nothing
     if val_bpc is None or trainer.history["val_step"][-1:] != [trainer.step]:
         val_bpc = trainer.evaluate("val")
     train_bpc = trainer.evaluate("train")
     wall = time.perf_counter() - t_start
-
-    ckpt_path = os.path.join(args.out, "checkpoint.npz")
-    trainer.save(ckpt_path, extra={"text_source": source})
+    saver.save()
     curve_path = os.path.join(args.out, "loss_curve.png")
-    plot_loss_curve(trainer.history, curve_path, trainer.unigram_bpc,
-                    title=f"{c.cell} {c.layers}x{c.hidden}, backend {trainer.lm.backend}")
+    with writing(curve_path):
+        plot_loss_curve(trainer.history, curve_path, trainer.unigram_bpc,
+                        title=f"{c.cell} {c.layers}x{c.hidden}, backend {trainer.lm.backend}")
     metrics = {
-        "val_bpc": val_bpc, "train_bpc": train_bpc, "unigram_bpc": trainer.unigram_bpc,
+        "val_bpc": val_bpc, "train_bpc": train_bpc, "train_bpc_chars": trainer.train_eval_chars,
+        "unigram_bpc": trainer.unigram_bpc,
         "steps": trainer.step, "backend": trainer.lm.backend, "chars_per_s": trainer.chars_per_second,
         "wall_s": wall, "text": source, "text_chars": len(text), "vocab_size": len(trainer.vocab),
         "batch": trainer.batch, "config": asdict(c),
         "val_history": {"step": trainer.history["val_step"], "val_bpc": trainer.history["val_bpc"]},
     }
     metrics_path = os.path.join(args.out, "metrics.json")
-    with open(metrics_path, "w") as f:
+    with writing(metrics_path), open(metrics_path, "w") as f:
         json.dump(metrics, f, indent=2)
     print(f"--- final sample (temperature {args.temperature}) ---\n"
           f"{trainer.sample(args.sample_length, args.temperature)}\n---")
     print(f"done: {trainer.step} steps in {_fmt_time(wall)} on backend {trainer.lm.backend!r}, "
           f"{trainer.chars_per_second:,.0f} chars/s")
-    print(f"val {val_bpc:.3f} bits/char, train {train_bpc:.3f} bits/char "
-          f"(unigram entropy {trainer.unigram_bpc:.3f})")
+    print(f"val {val_bpc:.3f} bits/char, train {train_bpc:.3f} bits/char on its first "
+          f"{trainer.train_eval_chars:,} chars (unigram entropy {trainer.unigram_bpc:.3f})")
     print(f"wrote {metrics_path}, {curve_path}, {ckpt_path}")
     return 0
 
 
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+class PeriodicCheckpoint:
+    """Saves the trainer every ``every`` steps or ``seconds`` seconds, whichever comes first
+    (0 turns either off), atomically (checkpoint.save_checkpoint), only with finite weights."""
+
+    def __init__(self, trainer, path, every, seconds, extra=None, saved_step=None):
+        self.trainer, self.path, self.every, self.seconds = trainer, path, every, seconds
+        self.extra = extra
+        self.saved_step = saved_step        # the step of the last good checkpoint at path
+        self.last_time = time.monotonic()
+
+    def maybe_save(self):
+        step = self.trainer.step
+        due_steps = self.every and step % self.every == 0
+        due_time = self.seconds and time.monotonic() - self.last_time >= self.seconds
+        if due_steps or due_time:
+            self.trainer.check_finite()
+            self.save()
+
+    def save(self):
+        with writing(self.path):
+            self.trainer.save(self.path, extra=self.extra)
+        self.saved_step, self.last_time = self.trainer.step, time.monotonic()
+
+    def save_if_good(self):
+        """After a divergence: save the current state if its weights are finite (the step
+        that diverged was not applied); say which checkpoint the user has."""
+        from .charlm import TrainingDiverged
+        try:
+            self.trainer.check_finite()
+            self.save()
+        except TrainingDiverged:
+            pass
+        if self.saved_step is None:
+            return "no checkpoint was saved (no step before it had finite weights)"
+        return f"the last good checkpoint is {self.path} (step {self.saved_step})"
+
+
+class StopOnSignal:
+    """SIGINT / SIGTERM during training set ``signum``: the loop finishes its step, saves
+    and exits 128 + signum (130 / 143). A second signal interrupts at once. Installed only
+    on the main thread (Python delivers signals there)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self):
+        self.signum, self._previous = None, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
 class ProgressBar:
-    """One self-rewriting line on a terminal; a line every ~5% when stderr is a file."""
+    """One self-rewriting line on a terminal; a line every ~5% when stderr is a file.
+
+    The ETA counts from the end of the first update's step, so the first step's JIT
+    compile (seconds, cold) does not inflate it."""
 
     def __init__(self, total, start=0, stream=None, width=24):
         self.total, self.width = total, width
         self.stream = stream or sys.stderr
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.t0, self.start = time.perf_counter(), start
+        self.t0, self.start = None, start
         self.every = max(1, total // 20)
         self.last = ""
 
     def line(self, step, bpc, chars_per_s, val_bpc):
         frac = step / self.total
         filled = int(self.width * frac)
-        elapsed = time.perf_counter() - self.t0
+        if self.t0 is None:                    # the first step (compile included) just ended
+            self.t0, self.start = time.perf_counter(), step
         done = step - self.start
-        eta = elapsed / done * (self.total - step) if done else 0.0
+        eta = f"{_fmt_time((time.perf_counter() - self.t0) / done * (self.total - step))}" if done else "--"
         val = f" | val {val_bpc:.3f}" if val_bpc is not None else ""
         return (f"step {step:>{len(str(self.total))}}/{self.total} [{'#' * filled}{'.' * (self.width - filled)}]"
                 f" {frac:4.0%} | train {bpc:.3f} bits/char{val} | {chars_per_s / 1000:.1f}k chars/s"
-                f" | eta {_fmt_time(eta)}")
+                f" | eta {eta}")
 
     def update(self, step, bpc, chars_per_s, val_bpc=None):
         self.last = self.line(step, bpc, chars_per_s, val_bpc)
@@ -194,25 +413,22 @@ def _fmt_time(seconds):
 
 def add_sample_args(p):
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint.npz written by gpurnn train")
-    p.add_argument("--length", type=int, default=500, help="characters to generate (default: 500)")
-    p.add_argument("--temperature", type=float, default=0.8,
-                   help="softmax temperature; lower is more conservative, 0 is greedy (default: 0.8)")
+    p.add_argument("--length", type=integer(0, 10 ** 7), default=500,
+                   help="characters to generate (default: 500)")
+    p.add_argument("--temperature", type=number(0.0), default=0.8,
+                   help="softmax temperature > 0; lower is more conservative (default: 0.8)")
     p.add_argument("--prime", default="", help="text to condition on (printed before the sample)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+    p.add_argument("--seed", type=integer(0, 2 ** 63 - 1), default=None,
+                   help="sampling seed (default: random)")
     p.add_argument("--backend", default="auto", help="numpy | cpu | cuda | auto (default: auto)")
 
 
 def cmd_sample(args):
     import numpy as np
 
-    from .backend import BackendUnavailable
     from .charlm import load_model, sample
-    if args.length < 0:
-        raise UsageError(f"--length: expected an integer >= 0, got {args.length}")
-    try:
-        lm, vocab, _ = load_model(args.checkpoint, args.backend)
-    except BackendUnavailable as exc:
-        raise UsageError(f"--backend: {exc}") from None
+    resolve_backend(args.backend)
+    lm, vocab, _ = load_model(args.checkpoint, args.backend)
     text = sample(lm, vocab, args.length, args.temperature, args.prime, np.random.default_rng(args.seed))
     print(args.prime + text)
     return 0
@@ -223,34 +439,40 @@ def cmd_sample(args):
 def add_forecast_args(p):
     p.add_argument("--out", default="runs/forecast", metavar="DIR",
                    help="writes DIR/forecast.md (table) and DIR/forecast.png (default: runs/forecast)")
-    p.add_argument("--n", type=int, default=4000, help="length of each series (default: 4000)")
-    p.add_argument("--tau", type=int, default=5, help="window of AR(tau) and the MLP (default: 5)")
-    p.add_argument("--hidden", type=int, default=32, help="hidden units of MLP and latent models (default: 32)")
-    p.add_argument("--steps", type=int, default=800, help="training steps of the latent models (default: 800)")
-    p.add_argument("--cells", default="rnn_tanh,lstm,gru", help="latent cells (default: rnn_tanh,lstm,gru)")
+    p.add_argument("--n", type=integer(20, 10 ** 7), default=4000,
+                   help="length of each series (default: 4000)")
+    p.add_argument("--tau", type=integer(1, 1000), default=5, help="window of AR(tau) and the MLP (default: 5)")
+    p.add_argument("--hidden", type=integer(1, 4096), default=32,
+                   help="hidden units of MLP and latent models (default: 32)")
+    p.add_argument("--steps", type=integer(1, MAX_STEPS), default=800,
+                   help="training steps of the latent models (default: 800)")
+    p.add_argument("--cells", type=cell_list, default=("rnn_tanh", "lstm", "gru"),
+                   help="latent cells, comma-separated (default: rnn_tanh,lstm,gru)")
     p.add_argument("--backend", default="auto", help="numpy | cpu | cuda | auto (default: auto)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=integer(0, 2 ** 63 - 1), default=0)
 
 
 def cmd_forecast(args):
-    from .backend import BackendUnavailable
     from .forecast import plot_forecasts, results_table, run_forecast
-    cells = tuple(c for c in args.cells.split(",") if c)
     if args.n < 10 * (args.tau + 1):
         raise UsageError(f"--n: the series must be much longer than the window; got n={args.n}, tau={args.tau}")
-    try:
-        results, floors = run_forecast(args.n, args.tau, args.hidden, args.steps, args.backend, args.seed,
-                                       cells)
-    except BackendUnavailable as exc:
-        raise UsageError(f"--backend: {exc}") from None
+    resolve_backend(args.backend)
+    output_dir(args.out)
+    t0 = time.perf_counter()
+
+    def progress(message):                  # a cold start compiles for ~50 s: say what runs
+        print(f"[{_fmt_time(time.perf_counter() - t0)}] {message}", file=sys.stderr, flush=True)
+    results, floors = run_forecast(args.n, args.tau, args.hidden, args.steps, args.backend, args.seed,
+                                   args.cells, progress=progress)
     table = results_table(results, floors)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "forecast.md"), "w") as f:
+    md_path, png_path = os.path.join(args.out, "forecast.md"), os.path.join(args.out, "forecast.png")
+    with writing(md_path), open(md_path, "w") as f:
         f.write(f"One-step-ahead test MSE (standardised series, last 25% held out), tau={args.tau}\n\n"
                 f"{table}\n")
-    plot_forecasts(results, os.path.join(args.out, "forecast.png"))
+    with writing(png_path):
+        plot_forecasts(results, png_path)
     print(table)
-    print(f"wrote {os.path.join(args.out, 'forecast.md')}, {os.path.join(args.out, 'forecast.png')}")
+    print(f"wrote {md_path}, {png_path}")
     return 0
 
 # ----------------------------------------------------------------------------- gradflow
@@ -259,22 +481,25 @@ def cmd_forecast(args):
 def add_gradflow_args(p):
     p.add_argument("--out", default="runs/gradflow", metavar="DIR",
                    help="writes DIR/gradflow.png and DIR/gradflow.json (default: runs/gradflow)")
-    p.add_argument("--length", "-T", type=int, default=120, help="sequence length T (default: 120)")
-    p.add_argument("--hidden", type=int, default=32, help="hidden units (default: 32)")
-    p.add_argument("--truncate", type=int, default=20, help="truncated-BPTT window k (default: 20)")
-    p.add_argument("--cells", default="rnn_tanh,rnn_relu,lstm,gru", help="cells to compare")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--length", "-T", type=integer(2, 100_000), default=120,
+                   help="sequence length T (default: 120)")
+    p.add_argument("--hidden", type=integer(1, 4096), default=32, help="hidden units (default: 32)")
+    p.add_argument("--truncate", type=integer(1, 100_000), default=20,
+                   help="truncated-BPTT window k (default: 20)")
+    p.add_argument("--cells", type=cell_list, default=("rnn_tanh", "rnn_relu", "lstm", "gru"),
+                   help="cells to compare, comma-separated (default: rnn_tanh,rnn_relu,lstm,gru)")
+    p.add_argument("--seed", type=integer(0, 2 ** 63 - 1), default=0)
 
 
 def cmd_gradflow(args):
     from .diagnostics import decay_rate, gradient_flow_all, plot_gradient_flow
-    if args.length < 2 or args.truncate < 1 or args.hidden < 1:
-        raise UsageError("--length must be >= 2, --truncate and --hidden >= 1")
-    flows = gradient_flow_all(cells=tuple(c for c in args.cells.split(",") if c), T=args.length,
-                              hidden=args.hidden, truncate=args.truncate, seed=args.seed)
-    os.makedirs(args.out, exist_ok=True)
-    plot_gradient_flow(flows, os.path.join(args.out, "gradflow.png"))
-    with open(os.path.join(args.out, "gradflow.json"), "w") as f:
+    output_dir(args.out)
+    flows = gradient_flow_all(cells=args.cells, T=args.length, hidden=args.hidden, truncate=args.truncate,
+                              seed=args.seed)
+    png_path, json_path = os.path.join(args.out, "gradflow.png"), os.path.join(args.out, "gradflow.json")
+    with writing(png_path):
+        plot_gradient_flow(flows, png_path)
+    with writing(json_path), open(json_path, "w") as f:
         json.dump({c: {"distance": fl.distance.tolist(), "grad_norm": fl.grad_norm.tolist(),
                        "grad_norm_truncated": fl.grad_norm_truncated.tolist(),
                        "jacobian_norm": fl.jacobian_norm.tolist(), "truncate": fl.truncate}
@@ -365,8 +590,15 @@ def cmd_info(args):
 # ----------------------------------------------------------------------------- main
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are UsageErrors, so that main() reports them like all others."""
+
+    def error(self, message):
+        raise UsageError(message)
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gpurnn", description="Fused RNN/LSTM/GRU kernels: train a character language model, "
         "forecast time series, look at gradient flow.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -384,22 +616,42 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def expected_errors():
+    """The exceptions that are the user's to fix: one line each, exit code 2."""
+    from .backend import BackendUnavailable
+    from .charlm import ConfigError, TrainingDiverged
     from .checkpoint import CheckpointError
     from .data import TextError
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return EXIT_USAGE
+    return (UsageError, TextError, CheckpointError, ConfigError, TrainingDiverged, BackendUnavailable)
+
+
+def main(argv=None):
+    """Run one command. The one place errors are reported: an expected failure (bad
+    argument, text, checkpoint, backend; divergence; out of memory) prints one line
+    ``gpurnn COMMAND: error: ...`` and returns 2; a signal that stopped training after
+    saving returns 128 + its number; Ctrl-C elsewhere returns 130."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    prog = f"gpurnn {command}" if command else "gpurnn"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return EXIT_USAGE
         return args.func(args)
-    except (UsageError, TextError, CheckpointError) as exc:
-        print(f"gpurnn {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except expected_errors() as exc:
+        message = str(exc)
+    except MemoryError:
+        message = "out of memory; use a smaller model (--hidden, --layers, --batch) or shorter inputs"
+    except Stopped as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return exc.code
     except KeyboardInterrupt:
-        print(f"\ngpurnn {args.command}: interrupted", file=sys.stderr)
+        print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -205,14 +205,17 @@ def default_models(tau, hidden=32, steps=800, backend="auto", cells=("rnn_tanh",
     return models
 
 
-def evaluate_models(series, models, train_fraction=0.75):
+def evaluate_models(series, models, train_fraction=0.75, progress=None):
     """Fit every model on the first part of the standardised series and return
-    ({name: test MSE}, {name: test predictions}, standardised series, test start)."""
+    ({name: test MSE}, {name: test predictions}, standardised series, test start).
+    ``progress(message)``, if given, is told which model is being fitted."""
     split = int(len(series) * train_fraction)
     mean, std = series[:split].mean(), series[:split].std()
     z = (series - mean) / std
     mse, preds = {}, {}
-    for model in models:
+    for i, model in enumerate(models):
+        if progress:
+            progress(f"fitting {model.name} ({i + 1}/{len(models)})")
         model.fit(z[:split])
         p = model.predict(z, split)
         preds[model.name] = p
@@ -224,10 +227,11 @@ QUASI_PERIODIC_NOISE = 0.2
 
 
 def run_forecast(n=4000, tau=5, hidden=32, steps=800, backend="auto", seed=0,
-                 cells=("rnn_tanh", "lstm", "gru")):
+                 cells=("rnn_tanh", "lstm", "gru"), progress=None):
     """Both series, every model. Returns ({series name: (mse, preds, z, split)},
     {series name: noise floor}): the floor is the fresh noise's variance on the
-    standardised scale, the MSE of a predictor that knew everything but the noise."""
+    standardised scale, the MSE of a predictor that knew everything but the noise.
+    ``progress(message)`` (optional) hears which series and model are being fitted."""
     series = {
         "quasi-periodic (far past matters)": (quasi_periodic_series(n, noise=QUASI_PERIODIC_NOISE, seed=seed),
                                               QUASI_PERIODIC_NOISE ** 2),
@@ -235,7 +239,9 @@ def run_forecast(n=4000, tau=5, hidden=32, steps=800, backend="auto", seed=0,
     }
     results, floors = {}, {}
     for name, (x, noise_var) in series.items():
-        results[name] = evaluate_models(x, default_models(tau, hidden, steps, backend, cells, seed))
+        report = None if progress is None else (lambda message, name=name: progress(f"{name}: {message}"))
+        results[name] = evaluate_models(x, default_models(tau, hidden, steps, backend, cells, seed),
+                                        progress=report)
         floors[name] = noise_var / x[:results[name][3]].var()
     return results, floors
 

@@ -25,7 +25,7 @@ import numpy as np
 from .arrays import to_numpy
 from .backend import get_backend
 from .cells import get_cell
-from .validation import check_float_array, check_lengths, check_positive_int
+from .validation import check_array_like, check_float_array, check_lengths, check_positive_int
 
 
 class Recurrent:
@@ -217,6 +217,7 @@ class Recurrent:
         return (out, tuple(be.to_user(xp.stack(v), user_x) for v in state_n)), tape
 
     def _as_native(self, name, a):
+        check_array_like(name, a)
         try:
             return self._backend.asarray(a)
         except (TypeError, ValueError) as exc:

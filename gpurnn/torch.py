@@ -44,7 +44,7 @@ try:
     from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 except ImportError as _exc:  # pragma: no cover - exercised only without torch
     raise ImportError("gpurnn.torch needs PyTorch, which is not installed here: "
-                      "pip install gpurnn[torch]  (or pip install torch)") from _exc
+                      "pip install torch  (or, in the gpurnn checkout, pip install -e \".[torch]\")") from _exc
 
 import numpy as np
 

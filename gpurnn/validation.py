@@ -3,11 +3,22 @@
 Each check raises before any kernel runs, naming the argument, what was expected and
 what was given, so a user never meets a Numba typing error or a silent wrong answer.
 """
+import os
+
 import numpy as np
 
 
 def describe_shape(shape):
     return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
+
+
+def check_array_like(name, a):
+    """TypeError naming the type unless ``a`` may be an array (NumPy would turn a string
+    into a 0-d array, and the user would hear about its shape instead of its type)."""
+    if a is None or isinstance(a, (str, bytes, dict, set)):
+        shown = repr(a) if len(repr(a)) <= 40 else repr(a)[:37] + "..."
+        raise TypeError(f"{name}: expected an array of numbers, got {type(a).__name__} {shown}")
+    return a
 
 
 def check_float_array(name, a, shape, dtype):
@@ -50,3 +61,12 @@ def check_positive_int(name, value, minimum=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def physical_memory():
+    """The machine's memory in bytes (None where the platform cannot say): the bound that
+    sizes read from files or asked for by users are checked against before allocating."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -220,7 +220,7 @@ def test_failed_load_state_dict_leaves_weights_unchanged():
     (lambda m, x: m(x, np.zeros((1, 3, 6))), TypeError, r"hx: expected a tuple \(h0, c0\)"),
     (lambda m, x: m(x, (np.zeros((2, 3, 6)), None)), ValueError, r"h0: expected shape \(1, 3, 6\), got \(2, 3, 6\)"),
     (lambda m, x: m(x, (None, np.zeros((1, 3, 7)))), ValueError, r"c0: expected shape \(1, 3, 6\), got \(1, 3, 7\)"),
-    (lambda m, x: m("text"), ValueError, r"x: expected 3 dimensions"),
+    (lambda m, x: m("text"), TypeError, r"x: expected an array of numbers, got str 'text'"),
 ])
 def test_bad_forward_input_names_argument_expected_and_actual(call, exc, message, rng):
     model = _model("lstm", "numpy")

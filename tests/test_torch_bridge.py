@@ -10,7 +10,7 @@ import pickle
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 167 tests of gpurnn.torch"
-                            " in this module are skipped (pip install gpurnn[torch])")
+                            " in this module are skipped (pip install torch)")
 
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402

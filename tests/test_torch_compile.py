@@ -7,7 +7,7 @@ gets, without inductor's C++ build, which costs ~35 s cold on a 2-core machine).
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 7 compile/export tests"
-                            " in this module are skipped (pip install gpurnn[torch])")
+                            " in this module are skipped (pip install torch)")
 
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 2 DDP tests in this"
-                            " module are skipped (pip install gpurnn[torch])")
+                            " module are skipped (pip install torch)")
 dist = pytest.importorskip("torch.distributed", reason="torch built without torch.distributed: the 2"
                            " DDP tests in this module are skipped")
 if not dist.is_available() or not dist.is_gloo_available():
