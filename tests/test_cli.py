@@ -145,3 +145,17 @@ def test_module_runs_as_a_script():
     done = subprocess.run([sys.executable, "-m", "gpurnn.cli", "info"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "backends available" in done.stdout
+
+
+@pytest.mark.parametrize("cell", ["mgu", "cifg_lstm", "slstm"])
+def test_train_resume_and_gradflow_take_every_registered_cell(cell, tmp_path, text_file):
+    """Cells beyond torch's (registered through define_cell) train, checkpoint (with their
+    S states carried), resume and show their gradient flow like the built-ins."""
+    out = tmp_path / cell
+    assert main(["train", "--text", text_file, "--steps", "4", "--cell", cell, "--out", str(out)]
+                + TINY) == 0
+    assert main(["train", "--text", text_file, "--steps", "6", "--cell", cell,
+                 "--out", str(tmp_path / "again"), "--resume", str(out / "checkpoint.npz")] + TINY) == 0
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())["steps"] == 6
+    assert main(["gradflow", "--cells", cell, "--length", "12", "--hidden", "6",
+                 "--out", str(tmp_path / "flow")]) == 0

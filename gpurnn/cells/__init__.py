@@ -233,7 +233,6 @@ def get_cell(cell):
         raise ValueError(f"cell: expected a CellSpec or one of {names()}, got {cell!r}") from None
 
 
-cell_spec = get_cell      # the name the backends used before the registry
 
 
 def names():
