@@ -30,3 +30,11 @@ def test_a_diverging_step_is_not_applied():
             np.testing.assert_array_equal(value, before[name])
     with pytest.raises(TrainingDiverged, match="weight head.bias"):
         trainer.check_finite()
+
+
+def test_a_model_too_big_for_memory_reports_its_own_dtype():
+    """The init draws in float64 chunks and stores float32 directly: a model too big for
+    memory fails on the float32 array it needs, not on a float64 copy twice its size."""
+    with pytest.raises(MemoryError) as info:
+        gpurnn.LSTM(8, 3_000_000, dtype="float32", backend="numpy")   # W_hh: 144 TB
+    assert "float32" in str(info.value) and "float64" not in str(info.value)
