@@ -24,20 +24,16 @@ T, B, I, H = 6, 1, 3, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's gpurnn
 
 
-@pytest.fixture
-def split_small_shapes(monkeypatch):
-    monkeypatch.setattr(kernels, "MIN_UNITS_PER_PART", 1)
-    monkeypatch.setattr(kernels, "MIN_ROWS_PER_PART", 1)
-    monkeypatch.setattr(kernels, "MIN_SPLIT_MACS", 0)
+SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)  # split tiny shapes
 
 
 def run_split_lstm(seed=0):
-    backend = CpuBackend(threads=2)
-    m = gpurnn.LSTM(I, H, backend=backend, seed=1)
+    m = gpurnn.LSTM(I, H, backend=CpuBackend(threads=2, split=SPLIT_SMALL), seed=1)
     x = np.random.default_rng(seed).standard_normal((T, B, I)).astype(np.float32)
     out, _ = m(x)
     m.backward(np.ones_like(out))
-    assert backend.last_plan == {"forward": ("units", 2), "backward": ("units", 2)}
+    assert {k: p[0][0]["split"] for k, p in m.last_plans.items()} == {
+        "forward": ("units", 2), "backward": ("units", 2)}
     return out, m.grads["weight_hh_l0"].copy()
 
 
@@ -47,7 +43,7 @@ def blas_threads():
 
 
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork here")
-def test_forked_child_after_split_does_not_hang(split_small_shapes):
+def test_forked_child_after_split_does_not_hang():
     parent = run_split_lstm()               # starts the pool in the parent
     with multiprocessing.get_context("fork").Pool(1) as pool:
         try:
@@ -108,7 +104,7 @@ def test_blas_limit_restored_whatever_order_threads_leave():
     assert {k: seen["after"][k] for k in seen["before"]} == seen["before"]
 
 
-def test_two_threads_at_once_give_one_threads_results(split_small_shapes):
+def test_two_threads_at_once_give_one_threads_results():
     before = blas_threads()
     want = [run_split_lstm(seed) for seed in range(2)]
     got, errors = [None, None], []
@@ -134,13 +130,13 @@ def test_two_threads_at_once_give_one_threads_results(split_small_shapes):
 
 
 @pytest.mark.parametrize("batch", [1, 11])          # "units" and "rows" splits
-def test_fixed_thread_count_is_bitwise_repeatable(batch, split_small_shapes):
+def test_fixed_thread_count_is_bitwise_repeatable(batch):
     """The README's determinism promise: the same thread count gives the same bits; another
     thread count splits the sums differently and changes results at rounding level only."""
     x = np.random.default_rng(batch).standard_normal((20, batch, 5)).astype(np.float32)
 
     def run(threads):
-        m = gpurnn.LSTM(5, 37, backend=CpuBackend(threads=threads), seed=3)
+        m = gpurnn.LSTM(5, 37, backend=CpuBackend(threads=threads, split=SPLIT_SMALL), seed=3)
         out, _ = m(x)
         m.backward(np.ones_like(out))
         return out, m.grads["weight_hh_l0"].copy()
