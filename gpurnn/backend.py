@@ -6,6 +6,7 @@ direction, any registered cell (a gpurnn.cells.CellSpec).
 Registered backends, in "auto" preference order: cuda, cpu, numpy. A backend module is
 imported only when asked for, so importing gpurnn never touches Numba or a GPU.
 """
+import contextlib
 import importlib
 
 import numpy as np
@@ -30,6 +31,12 @@ class NumpyBackend:
 
     def to_user(self, a, like):
         return a
+
+    def matmul(self, a, b):
+        return np.matmul(a, b)
+
+    def compute_scope(self):
+        return contextlib.nullcontext()
 
     def _handwritten(self, spec):
         return not self.vectorised and spec.reference is not None
@@ -95,18 +102,30 @@ def available_backends():
     return [n for n in _AUTO_ORDER if _usable(n)]
 
 
-def get_backend(name="auto"):
+# "auto" per kind of memory the arrays live in: any (None), host ("cpu"), GPU ("cuda").
+_AUTO_ORDER_FOR = {None: _AUTO_ORDER, "cpu": ("cpu", "numpy"), "cuda": ("cuda",)}
+
+
+def get_backend(name="auto", device=None):
     """The backend object for ``name`` ("auto" = cuda on a real GPU, else cpu, else numpy).
 
+    ``device`` narrows "auto" to the backends that work on arrays in that memory: "cpu"
+    (host arrays: cpu where Numba imports, else numpy; the torch bridge's rule for CPU
+    tensors) or "cuda" (the cuda backend). A named backend is returned as asked.
     A backend object (anything with ``forward``/``backward``, e.g. a configured
     ``CudaBackend(algo="persistent")``) is passed through unchanged.
     """
+    if device not in _AUTO_ORDER_FOR:
+        raise ValueError(f"device: expected None, 'cpu' or 'cuda', got {device!r}")
     if hasattr(name, "forward") and hasattr(name, "backward"):
         return name
     if name == "auto":
-        for n in _AUTO_ORDER:
-            if _usable(n, auto=True):
+        for n in _AUTO_ORDER_FOR[device]:
+            if _usable(n, auto=device is None):
                 return _load(n)
+        if device is not None:
+            raise BackendUnavailable(f"backend 'auto': no backend for {device} arrays is available "
+                                     f"here; available: {available_backends()}")
     if name not in _REGISTRY:
         raise ValueError(f"backend: expected one of {['auto', *_REGISTRY]}, got {name!r}")
     b = _load(name)

@@ -14,7 +14,6 @@ The B streams are B contiguous slices of the training text, so window w of a str
 continues window w-1 and the carried state is the right context. Every step's data is a
 function of the step number alone, which makes a resumed run repeat the uninterrupted one.
 """
-import contextlib
 import hashlib
 import math
 import time
@@ -23,22 +22,16 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 
 from .arrays import to_numpy
-from .backend import get_backend
 from .cells import get_cell, names
 from .checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
 from .data import TextError, Vocabulary, as_streams, one_hot, split_train_val
 from .layers import make_layer
 from .losses import LN2, OutputLayer, unigram_entropy_bits
-from .optim import clip_grad_norm, make_optimizer
+from .optim import clip_grad_norm, make_optimizer, prefixed, unprefixed
+from .tbptt import tbptt_window, window_at
 from .validation import physical_memory
 
 CELLS = tuple(names())        # every registered cell (the built-ins at import)
-
-
-def make_rnn(cell, input_size, hidden_size, num_layers=1, backend="auto", dtype="float32", seed=None):
-    """A gpurnn recurrent layer by cell name (any registered cell, gpurnn.cells.names())."""
-    return make_layer(cell, input_size, hidden_size, num_layers=num_layers, backend=backend,
-                      dtype=dtype, seed=seed)
 
 
 @dataclass
@@ -152,19 +145,14 @@ class CharLM:
     def __init__(self, vocab_size, cell="lstm", hidden=256, layers=1, backend="auto",
                  dtype="float32", seed=0):
         self.vocab_size = vocab_size
-        self.rnn = make_rnn(cell, vocab_size, hidden, layers, backend, dtype, seed)
-        self._backend = get_backend(backend)
-        matmul, self._blas_scope = None, contextlib.nullcontext
-        if self._backend.name == "cpu":
-            # The CPU layers split themselves over the cores with one-thread BLAS; so do the
-            # head's products, and the step keeps BLAS at one thread throughout: a threaded
-            # BLAS call leaves OpenBLAS's workers spinning ~100 ms on the cores the layers
-            # need (training step 83 vs 46 ms at 2 threads, benchmarks/RESULTS_train.md).
-            from .cpu.kernels import split_matmul
-            from .cpu.parallel import single_threaded_blas
-            matmul, self._blas_scope = split_matmul, single_threaded_blas
+        self.rnn = make_layer(cell, vocab_size, hidden, num_layers=layers, backend=backend,
+                              dtype=dtype, seed=seed)
+        self._backend = self.rnn.backend_impl
+        # The head's products are the contract's matmul (on "cpu" split over the cores the
+        # way the layers are), and a step runs inside compute_scope (on "cpu" BLAS held at
+        # one thread throughout; gpurnn.contract).
         self.head = OutputLayer(hidden, vocab_size, dtype, seed=None if seed is None else seed + 1,
-                                xp=self._backend.xp, matmul=matmul)
+                                backend=self._backend)
         self.dtype = np.dtype(dtype)
 
     @property
@@ -173,27 +161,21 @@ class CharLM:
 
     def parameters(self):
         """Live arrays of the RNN and the head, named rnn.<torch name> and head.<name>."""
-        named = {f"rnn.{k}": v for k, v in self.rnn.parameters().items()}
-        named.update({f"head.{k}": v for k, v in self.head.parameters().items()})
-        return named
+        return prefixed(rnn=self.rnn.parameters(), head=self.head.parameters())
 
     def grads(self):
-        named = {f"rnn.{k}": v for k, v in self.rnn.grads.items()}
-        named.update({f"head.{k}": v for k, v in self.head.grads.items()})
-        return named
+        return prefixed(rnn=self.rnn.grads, head=self.head.grads)
 
     def zero_grad(self):
         self.rnn.zero_grad()
         self.head.zero_grad()
 
     def state_dict(self):
-        sd = {f"rnn.{k}": v for k, v in self.rnn.state_dict().items()}
-        sd.update({f"head.{k}": v for k, v in self.head.state_dict().items()})
-        return sd
+        return prefixed(rnn=self.rnn.state_dict(), head=self.head.state_dict())
 
     def load_state_dict(self, sd):
-        self.rnn.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("rnn.")})
-        self.head.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("head.")})
+        self.rnn.load_state_dict(unprefixed(sd, "rnn"))
+        self.head.load_state_dict(unprefixed(sd, "head"))
 
     def inputs(self, ids):
         return self._backend.asarray(one_hot(ids, self.vocab_size, self.dtype))
@@ -201,11 +183,8 @@ class CharLM:
     def train_window(self, x_ids, y_ids, state):
         """Forward + backward on one (k, B) window. Returns (mean loss in nats, new state);
         gradients accumulate in grads()."""
-        with self._blas_scope():
-            out, state = self.rnn(self.inputs(x_ids), state)
-            loss, dout = self.head.loss_and_backward(out, y_ids)
-            self.rnn.backward(dout)      # no dh_n: the carried state's gradient stops here
-        return loss, state
+        return tbptt_window(self.rnn, self.inputs(x_ids),
+                            lambda out, start: self.head.loss_and_backward(out, y_ids), state)
 
     def nll(self, ids, window, batch):
         """-sum log P(x_t | x_<t) (nats) over ``ids`` after its first character, and the
@@ -303,15 +282,13 @@ class Trainer:
 
         TrainingDiverged if the loss or the gradient norm is not finite; that step is then
         not applied (weights, optimizer, carried state and step count stay as they were)."""
-        k = self.config.window
-        w = self.step % self.windows_per_epoch
-        if w == 0:
-            self.state = None            # a new pass over the text starts from zero state
-        x = self.streams[:, w * k:(w + 1) * k].T            # (k, B)
-        y = self.streams[:, w * k + 1:(w + 1) * k + 1].T
+        # a new pass over the text starts from zero state
+        steps, carried = window_at(self.step, self.config.window, self.windows_per_epoch, self.state)
+        x = self.streams[:, steps].T                                    # (k, B)
+        y = self.streams[:, steps.start + 1:steps.stop + 1].T
         t0 = time.perf_counter()
         self.lm.zero_grad()
-        loss, state = self.lm.train_window(x, y, self.state)
+        loss, state = self.lm.train_window(x, y, carried)
         grads = self.lm.grads()
         norm = clip_grad_norm(grads, self.config.clip)
         for what, value in (("loss", loss), ("gradient norm", norm)):
@@ -520,7 +497,7 @@ def load_model(path, backend="auto"):
 
 def plot_loss_curve(history, path, unigram_bpc=None, title="character LM"):
     """Training bpc per step (and a running mean), validation bpc, unigram entropy."""
-    from .plotting import pyplot
+    from .plotting import pyplot, save_figure
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     steps, bpc = np.asarray(history["step"]), np.asarray(history["train_bpc"])
@@ -538,10 +515,8 @@ def plot_loss_curve(history, path, unigram_bpc=None, title="character LM"):
     ax.set_title(title)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 __all__ = ["CELLS", "CharLM", "ConfigError", "LMConfig", "Trainer", "TrainingDiverged", "load_model",
-           "make_rnn", "param_shapes", "plot_loss_curve", "sample"]
+           "param_shapes", "plot_loss_curve", "sample"]

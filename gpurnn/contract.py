@@ -23,7 +23,25 @@ states, gpurnn.cells.CellSpec):
 Arrays are the backend's native arrays (``backend.xp``: numpy, or cupy on a GPU). The
 other members: ``name``, ``xp``, ``dtypes``, ``is_available()``, ``asarray(a, dtype)``,
 and ``to_user(a, like)`` (native result -> the kind of array the user passed).
+
+Two more members serve the code AROUND the layers (an output layer, a training step), so
+that a model never needs to know one backend's internals:
+
+    matmul(a, b)       a (M, K) @ b (K, N) -> a new (M, N) native array. The CPU backend
+                       splits the rows over its threads, each a one-thread BLAS call, the
+                       way its layers share the cores; numpy and cuda: xp.matmul.
+    compute_scope()    a context manager to hold around one step of model code (the layers'
+                       forward/backward and the matmul calls). The CPU backend keeps BLAS at
+                       one thread inside it (a threaded BLAS call leaves OpenBLAS's workers
+                       spinning on the cores the next layer call splits over: training step
+                       83 vs 46 ms at 2 threads, benchmarks/RESULTS_train.md); numpy and
+                       cuda: nothing (contextlib.nullcontext).
+
+Both are optional for a backend: call them through ``matmul(backend, a, b)`` and
+``compute_scope(backend)`` below, which fall back to the defaults for a backend object
+that does not define them.
 """
+import contextlib
 from typing import NamedTuple, Optional
 
 
@@ -37,3 +55,15 @@ class DirectionGrads(NamedTuple):
     db_hh: Optional[object]    # (G*H,) or None without bias
     plan: Optional[dict] = None   # what the backward ran (as tape["plan"] for the forward)
 
+
+
+def matmul(backend, a, b):
+    """``backend.matmul(a, b)``, or ``backend.xp.matmul(a, b)`` where it has none."""
+    own = getattr(backend, "matmul", None)
+    return own(a, b) if own is not None else backend.xp.matmul(a, b)
+
+
+def compute_scope(backend):
+    """``backend.compute_scope()``, or a context that does nothing where it has none."""
+    own = getattr(backend, "compute_scope", None)
+    return own() if own is not None else contextlib.nullcontext()

@@ -137,7 +137,7 @@ def plot_gradient_flow(flows, path):
     A truncated curve is exactly zero past the cut, which a log axis cannot draw: it ends in
     an "x" at its last nonzero point, so the cut is visible even where it hides under the
     full curve. Legends sit below the panels, off the data."""
-    from .plotting import pyplot
+    from .plotting import pyplot, save_figure
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))
     for i, (cell, f) in enumerate(flows.items()):
@@ -160,6 +160,4 @@ def plot_gradient_flow(flows, path):
         ax.set_xlabel("distance T - t (steps)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, outside_legends=True)

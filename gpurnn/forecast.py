@@ -22,7 +22,9 @@ standardised with the training part's mean and standard deviation.
 import numpy as np
 
 from .arrays import to_numpy
-from .optim import Adam, clip_grad_norm
+from .layers import make_layer
+from .tbptt import tbptt_window, window_at
+from .optim import Adam, clip_grad_norm, prefixed, unprefixed
 
 # ----------------------------------------------------------------------------- series
 
@@ -138,15 +140,13 @@ class LatentAR:
         self.name = self.LABELS.get(cell, cell)
 
     def _params(self):
-        named = {f"rnn.{k}": v for k, v in self.rnn.parameters().items()}
-        named.update({f"head.{k}": v for k, v in self.head.items()})
-        return named
+        return prefixed(rnn=self.rnn.parameters(), head=self.head)
 
     def fit(self, x):
         """Train on the first 80% of ``x``; the last 20% picks the best weights seen
         (early stopping: a latent model can memorise a noisy series' noise)."""
-        from .charlm import make_rnn
-        self.rnn = make_rnn(self.cell, 1, self.hidden, 1, self.backend, "float32", self.seed)
+        self.rnn = make_layer(self.cell, 1, self.hidden, backend=self.backend, dtype="float32",
+                              seed=self.seed)
         xp = self.rnn.backend_impl.xp
         rng = np.random.default_rng(self.seed)
         self.head = {"w": xp.asarray(rng.normal(0, 1 / np.sqrt(self.hidden), self.hidden).astype(np.float32)),
@@ -162,28 +162,32 @@ class LatentAR:
         opt = Adam(self.lr)
         windows = max(1, length // self.window)
         state, best = None, (np.inf, None)
-        for step in range(self.steps):
-            w = step % windows
-            if w == 0:
-                state = None
-            sl = slice(w * self.window, (w + 1) * self.window)
-            self.rnn.zero_grad()
-            out, state = self.rnn(xp.asarray(inputs[sl, :, None]), state)
+        head_grads = {}
+
+        def mse_head(out, start):
+            """The head's forward and backward on one window: (None, dL/d out); the loss
+            value is not needed (no device sync for it), the head's gradients land in
+            head_grads."""
             pred = out @ self.head["w"] + self.head["b"]                 # (k, B)
-            dpred = 2 * (pred - xp.asarray(targets[sl])) / pred.size
-            head_grads = {"w": xp.tensordot(out, dpred, axes=([0, 1], [0, 1])),
-                          "b": xp.asarray(dpred.sum())}    # a 0-d array, so clipping scales it in place
-            self.rnn.backward(dpred[:, :, None] * self.head["w"])
-            grads = {f"rnn.{k}": v for k, v in self.rnn.grads.items()}
-            grads.update({f"head.{k}": v for k, v in head_grads.items()})
+            dpred = 2 * (pred - xp.asarray(targets[start:start + self.window])) / pred.size
+            head_grads.update(w=xp.tensordot(out, dpred, axes=([0, 1], [0, 1])),
+                              b=xp.asarray(dpred.sum()))   # a 0-d array, so clipping scales it in place
+            return None, dpred[:, :, None] * self.head["w"]
+
+        for step in range(self.steps):
+            steps, state = window_at(step, self.window, windows, state)
+            self.rnn.zero_grad()
+            _, state = tbptt_window(self.rnn, xp.asarray(inputs[steps, :, None]), mse_head, state,
+                                    steps.start)
+            grads = prefixed(rnn=self.rnn.grads, head=head_grads)
             clip_grad_norm(grads, self.clip)
             opt.step(self._params(), grads)
             if (step + 1) % self.eval_every == 0 or step + 1 == self.steps:
                 val_mse = float(np.mean((self.predict(x, split) - x[split:]) ** 2))
                 if val_mse < best[0]:
                     best = (val_mse, {k: v.copy() for k, v in self._params().items()})
-        self.rnn.load_state_dict({k[4:]: v for k, v in best[1].items() if k.startswith("rnn.")})
-        self.head = {k[5:]: v for k, v in best[1].items() if k.startswith("head.")}
+        self.rnn.load_state_dict(unprefixed(best[1], "rnn"))
+        self.head = unprefixed(best[1], "head")
         self.val_mse = best[0]
         return self
 
@@ -268,7 +272,7 @@ def results_table(results, floors=None):
 
 def plot_forecasts(results, path, span=150):
     """One panel per series: the last ``span`` test steps and each model's forecast."""
-    from .plotting import pyplot
+    from .plotting import pyplot, save_figure
     plt = pyplot()
     fig, axes = plt.subplots(len(results), 1, figsize=(11, 3.3 * len(results)))
     axes = np.atleast_1d(axes)
@@ -283,6 +287,4 @@ def plot_forecasts(results, path, span=150):
         ax.set_ylabel("value")
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the data
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")   # keep the outside legends
-    plt.close(fig)
+    save_figure(fig, path, outside_legends=True)

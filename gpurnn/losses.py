@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 from .arrays import array_module, to_numpy
+from .contract import matmul
 from .validation import check_positive_int
 
 LN2 = math.log(2.0)
@@ -74,17 +75,19 @@ class OutputLayer:
 
     ``weight`` is (H, V) as in the lecture note's O = H W^(2) + b^(2) (not torch's (V, H)).
     Like the recurrent layers, ``parameters()`` are live arrays updated in place and
-    ``grads`` accumulate over ``loss_and_backward`` calls until ``zero_grad``. ``matmul``
-    (default ``xp.matmul``) computes its three products; CharLM passes the CPU backend's
-    ``split_matmul`` so that they share the cores the way the layers do.
+    ``grads`` accumulate over ``loss_and_backward`` calls until ``zero_grad``. Its arrays
+    are ``backend``'s (a name or a backend object, gpurnn.get_backend), and its three
+    products are the backend contract's ``matmul`` (on "cpu" split over the cores the way
+    the layers are).
     """
 
-    def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, xp=np, matmul=None):
+    def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, backend="numpy"):
+        from .backend import get_backend
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
         self.dtype = np.dtype(dtype)
-        self.xp = xp
-        self._matmul = xp.matmul if matmul is None else matmul   # (M, K) @ (K, N) -> new array
+        self.backend = get_backend(backend)
+        self.xp = xp = self.backend.xp
         rng = np.random.default_rng(seed)
         bound = 1.0 / math.sqrt(hidden_size)
         self._params = {
@@ -93,6 +96,9 @@ class OutputLayer:
         }
         self.grads = {}
         self.zero_grad()
+
+    def _matmul(self, a, b):
+        return matmul(self.backend, a, b)
 
     def parameters(self):
         return self._params

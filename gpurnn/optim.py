@@ -15,6 +15,19 @@ import numpy as np
 from .arrays import array_module
 
 
+def prefixed(**groups):
+    """One dict of named arrays from several: prefixed(rnn=a, head=b) names a's entries
+    "rnn.<name>" and b's "head.<name>", in that order (what a model of several parts
+    hands the optimizer and a checkpoint)."""
+    return {f"{group}.{name}": value for group, named in groups.items() for name, value in named.items()}
+
+
+def unprefixed(named, group):
+    """The entries of ``named`` under "<group>.", with the prefix removed (prefixed's inverse)."""
+    head = group + "."
+    return {name[len(head):]: value for name, value in named.items() if name.startswith(head)}
+
+
 def global_norm(grads):
     """sqrt(sum of squares) over every array of one dict or a list of dicts (float64)."""
     total = 0.0

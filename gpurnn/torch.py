@@ -49,7 +49,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 import numpy as np
 
 from . import layers as _layers
-from .backend import BackendUnavailable, available_backends, get_backend
+from .backend import BackendUnavailable, get_backend
 from .cells import get_cell
 from .validation import check_lengths
 
@@ -653,7 +653,6 @@ def _differentiable_grads(config, x, state0, lengths, params, dout, dstate_n):
 
 
 # --------------------------------------------------------------------------- modules
-_resolved_auto = {}
 
 
 def _resolve_backend(requested, device, dtype):
@@ -692,11 +691,7 @@ def _resolve_backend(requested, device, dtype):
             raise UnsupportedError(
                 "gpurnn.torch: backend='cuda' needs CUDA tensors but the tensors are on the CPU;"
                 " move the module and inputs with .cuda(), or use backend='cpu', 'numpy' or 'auto'")
-        if requested == "auto":
-            if "cpu" not in _resolved_auto:
-                _resolved_auto["cpu"] = "cpu" if "cpu" in available_backends() else "numpy"
-            requested = _resolved_auto["cpu"]
-        be = get_backend(requested)
+        be = get_backend(requested, device="cpu")     # "auto": cpu, else numpy (gpurnn.backend)
     if dname not in be.dtypes:
         raise UnsupportedError(
             f"gpurnn.torch: backend {be.name!r} supports dtypes {tuple(be.dtypes)}, got {dname};"

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from gpurnn.charlm import CharLM, LMConfig, Trainer, make_rnn, sample
+from gpurnn.charlm import CharLM, LMConfig, Trainer, sample
+from gpurnn.layers import make_layer
 from gpurnn.data import TextError, Vocabulary, as_streams, default_corpus, load_text, one_hot, split_train_val
 
 SENTENCES = ["the cat sat on the mat. ", "a dog ran in the park. ", "we like green tea. ",
@@ -109,9 +110,9 @@ def test_default_corpus_is_real_and_deterministic():
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
-def test_make_rnn_builds_every_cell(cell):
-    m = make_rnn(cell, 3, 4, backend="numpy")
+def test_make_layer_builds_every_cell(cell):
+    m = make_layer(cell, 3, 4, backend="numpy")
     out, _ = m(np.zeros((2, 1, 3), np.float32))
     assert out.shape == (2, 1, 4)
     with pytest.raises(ValueError, match="cell"):
-        make_rnn("transformer", 3, 4)
+        make_layer("transformer", 3, 4)

@@ -14,6 +14,7 @@ from gpurnn.cpu import CpuBackend
 from gpurnn.cpu import kernels
 from gpurnn.cpu.parallel import recurrence_threads, run_parts, single_threaded_blas
 from gpurnn.cpu.sync import FLAG_STRIDE, barrier, new_flags
+from helpers import rel_err
 
 CELLS = {"rnn_tanh": (gpurnn.RNN, {}), "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
          "lstm": (gpurnn.LSTM, {}), "gru": (gpurnn.GRU, {})}
@@ -22,11 +23,6 @@ TOLERANCE = {"float32": 2e-5, "float64": 1e-11}
 
 
 SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)  # split tiny shapes
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
 # (batch, threads, expected plan): units for B <= 8, rows above
@@ -168,20 +164,33 @@ def test_split_matmul_matches_numpy(threads, rng):
 
 
 def test_output_layer_with_split_matmul(rng):
-    """The char LM's head on backend="cpu" computes its products with split_matmul."""
-    from gpurnn.charlm import CharLM
-    from gpurnn.cpu.kernels import split_matmul
+    """The char LM's head on backend="cpu" computes its products with the contract's
+    matmul, which the CPU backend splits over its threads (split_matmul)."""
     from gpurnn.losses import OutputLayer
     h = rng.standard_normal((7, 40, 33))
     targets = rng.integers(0, 11, (7, 40))
     plain = OutputLayer(33, 11, "float64", seed=2)
-    split = OutputLayer(33, 11, "float64", seed=2, matmul=lambda a, b: split_matmul(a, b, 2))
+    split = OutputLayer(33, 11, "float64", seed=2, backend=CpuBackend(threads=2))
     loss_a, dh_a = plain.loss_and_backward(h, targets)
     loss_b, dh_b = split.loss_and_backward(h, targets)
     assert loss_a == pytest.approx(loss_b, rel=1e-12)
     np.testing.assert_allclose(dh_b, dh_a, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(split.grads["weight"], plain.grads["weight"], rtol=1e-12, atol=1e-14)
-    assert CharLM(11, hidden=8, backend="cpu").head._matmul is split_matmul
+    assert plain.backend.name == "numpy" and split.backend.name == "cpu"
+
+
+def test_cpu_backend_matmul_and_compute_scope(rng, monkeypatch):
+    """The contract's matmul is split_matmul on the backend's threads; compute_scope holds
+    BLAS at one thread."""
+    calls = []
+    monkeypatch.setattr(kernels, "split_matmul", lambda a, b, t: calls.append(t) or a @ b)
+    a, b = rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
+    np.testing.assert_array_equal(CpuBackend(threads=3).matmul(a, b), a @ b)
+    assert calls == [3]
+    from threadpoolctl import threadpool_info
+    with CpuBackend().compute_scope():
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info()
+                   if pool["user_api"] == "blas")
 
 
 @pytest.mark.parametrize("batch", [2, 11])

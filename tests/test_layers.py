@@ -276,3 +276,17 @@ def test_available_backends_and_auto():
     auto_choice = next(n for n in names if n != "cuda" or gpurnn.get_backend("cuda").is_auto_candidate())
     assert gpurnn.LSTM(3, 4).backend == auto_choice
     assert gpurnn.get_backend("numpy").name == "numpy"
+
+
+def test_auto_for_host_arrays_is_one_rule(monkeypatch):
+    """get_backend("auto", device="cpu") is the rule the torch bridge uses for CPU tensors:
+    cpu where Numba imports, else numpy; never the cuda backend."""
+    from gpurnn import backend as registry
+    host = gpurnn.get_backend("auto", device="cpu")
+    assert host.name == ("cpu" if "cpu" in gpurnn.available_backends() else "numpy")
+    monkeypatch.setattr(registry, "_usable", lambda name, auto=False: name == "numpy")
+    assert gpurnn.get_backend("auto", device="cpu").name == "numpy"
+    with pytest.raises(gpurnn.BackendUnavailable, match="no backend for cuda arrays"):
+        gpurnn.get_backend("auto", device="cuda")
+    with pytest.raises(ValueError, match="device: expected"):
+        gpurnn.get_backend("auto", device="tpu")

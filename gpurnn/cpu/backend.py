@@ -72,6 +72,17 @@ class CpuBackend:
     def to_user(self, a, like):
         return a
 
+    def matmul(self, a, b):
+        """a @ b, its rows split over this backend's threads, one-thread BLAS per part
+        (kernels.split_matmul): the contract's matmul for code next to the layers."""
+        from .kernels import split_matmul
+        return split_matmul(a, b, self.threads)
+
+    def compute_scope(self):
+        """BLAS held to one thread while a model step runs (parallel.single_threaded_blas)."""
+        from .parallel import single_threaded_blas
+        return single_threaded_blas()
+
     def _empty(self, shape, dtype):
         from .kernels import aligned_empty      # cache-line aligned rows vectorise better
         buf = aligned_empty(shape, dtype)
