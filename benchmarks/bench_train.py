@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
-from gpurnn.charlm import LMConfig, Trainer  # noqa: E402
-from gpurnn.data import default_corpus  # noqa: E402
+from gpurnn.apps.charlm import LMConfig, Trainer  # noqa: E402
+from gpurnn.train.data import default_corpus  # noqa: E402
 from timing import time_calls  # noqa: E402
 
 

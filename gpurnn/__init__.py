@@ -14,9 +14,10 @@ from . import ops
 from .backend import BackendUnavailable, available_backends, get_backend
 from .cells import CellDefinitionError, CellSpec, define_cell
 from .layers import GRU, LSTM, RNN, Recurrent
-from .tbptt import tbptt_windows
+from .train.tbptt import tbptt_window, tbptt_windows, window_at
 
 __version__ = "0.1.0"
 __all__ = ["RNN", "LSTM", "GRU", "Recurrent", "define_cell", "CellSpec", "CellDefinitionError",
            "ops", "available_backends", "get_backend", "BackendUnavailable", "tbptt_windows",
+           "tbptt_window", "window_at",
            "__version__"]

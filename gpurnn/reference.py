@@ -28,7 +28,7 @@ Equations (torch/cuDNN): a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
 Truncation ``truncate=k``: the gradient that step t+1 sends back into h_t (and c_t) is
 dropped whenever t+1 is a multiple of k, so windows [0,k), [k,2k), ... only see gradients
 from their own steps, exactly as if the sequence had been run in windows whose carried
-state is detached (gpurnn.tbptt).
+state is detached (gpurnn.train.tbptt).
 """
 import numpy as np
 

@@ -2,9 +2,9 @@
 import numpy as np
 import pytest
 
-from gpurnn.charlm import CharLM, LMConfig, Trainer, sample
+from gpurnn.apps.charlm import CharLM, LMConfig, Trainer, sample
 from gpurnn.layers import make_layer
-from gpurnn.data import TextError, Vocabulary, as_streams, default_corpus, load_text, one_hot, split_train_val
+from gpurnn.train.data import TextError, Vocabulary, as_streams, default_corpus, load_text, one_hot, split_train_val
 
 SENTENCES = ["the cat sat on the mat. ", "a dog ran in the park. ", "we like green tea. ",
              "birds sing at dawn. ", "the sun is warm today. "]

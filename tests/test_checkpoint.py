@@ -5,8 +5,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from gpurnn.charlm import LMConfig, Trainer
-from gpurnn.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from gpurnn.apps.charlm import LMConfig, Trainer
+from gpurnn.train.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness, it was the epoch of belief. ") * 6

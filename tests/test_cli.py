@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from gpurnn.cli import build_parser, main
+from gpurnn.apps.cli import build_parser, main
 
 TEXT = "".join(["the cat sat on the mat. ", "a dog ran in the park. ", "we like tea. "][i]
                for i in np.random.default_rng(0).integers(0, 3, 120))
@@ -142,7 +142,7 @@ def test_info_never_crashes_and_names_the_essentials(capsys):
 
 
 def test_module_runs_as_a_script():
-    done = subprocess.run([sys.executable, "-m", "gpurnn.cli", "info"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "gpurnn.apps.cli", "info"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0 and "backends available" in done.stdout
 

@@ -166,7 +166,7 @@ def test_split_matmul_matches_numpy(threads, rng):
 def test_output_layer_with_split_matmul(rng):
     """The char LM's head on backend="cpu" computes its products with the contract's
     matmul, which the CPU backend splits over its threads (split_matmul)."""
-    from gpurnn.losses import OutputLayer
+    from gpurnn.train.losses import OutputLayer
     h = rng.standard_normal((7, 40, 33))
     targets = rng.integers(0, 11, (7, 40))
     plain = OutputLayer(33, 11, "float64", seed=2)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn.diagnostics import build_model, decay_rate, gradient_flow, gradient_flow_all, state_jacobians
+from gpurnn.apps.diagnostics import build_model, decay_rate, gradient_flow, gradient_flow_all, state_jacobians
 
 
 @pytest.mark.parametrize("cell", gpurnn.cells.names())

@@ -5,7 +5,7 @@ import pytest
 
 from helpers import numeric_grad
 
-from gpurnn.forecast import (DEFAULT_AR_COEFFS, ARModel, LatentAR, WindowMLP, ar_series, evaluate_models,
+from gpurnn.apps.forecast import (DEFAULT_AR_COEFFS, ARModel, LatentAR, WindowMLP, ar_series, evaluate_models,
                              lagged, quasi_periodic_series, results_table)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpurnn.cli import collect_info
+from gpurnn.apps.cli import collect_info
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import pytest
 
 from helpers import numeric_grad
 
-from gpurnn.losses import OutputLayer, cross_entropy, log_softmax, nats_to_bits, unigram_entropy_bits
+from gpurnn.train.losses import OutputLayer, cross_entropy, log_softmax, nats_to_bits, unigram_entropy_bits
 
 
 def naive_nll(logits, targets):

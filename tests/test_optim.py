@@ -4,8 +4,8 @@ import pytest
 
 from helpers import numeric_grad
 
-from gpurnn.charlm import CharLM
-from gpurnn.optim import SGD, Adam, clip_grad_norm, global_norm
+from gpurnn.apps.charlm import CharLM
+from gpurnn.train.optim import SGD, Adam, clip_grad_norm, global_norm
 
 
 def run_ours(opt, params, grads_seq):

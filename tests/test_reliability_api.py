@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpurnn
-from gpurnn.charlm import LMConfig, Trainer, TrainingDiverged
+from gpurnn.apps.charlm import LMConfig, Trainer, TrainingDiverged
 
 TEXT = "the cat sat on the mat. a dog ran in the park. we like tea. " * 20
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpurnn import checkpoint as checkpoint_module
-from gpurnn.charlm import CELLS, CharLM, LMConfig, Trainer, load_model, param_shapes
-from gpurnn.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint
+from gpurnn.train import checkpoint as checkpoint_module
+from gpurnn.apps.charlm import CELLS, CharLM, LMConfig, Trainer, load_model, param_shapes
+from gpurnn.train.checkpoint import CheckpointError, load_checkpoint, remove_stale_temps, save_checkpoint
 
 TEXT = ("It was the best of times, it was the worst of times, it was the age of wisdom, "
         "it was the age of foolishness, it was the epoch of belief. ") * 6

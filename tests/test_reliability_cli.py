@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpurnn import cli
-from gpurnn.checkpoint import load_checkpoint
+from gpurnn.apps import cli
+from gpurnn.train.checkpoint import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))    # this checkout's gpurnn
 TEXT = "".join(["the cat sat on the mat. ", "a dog ran in the park. ", "we like tea. "][i]
@@ -167,7 +167,7 @@ def test_resume_from_every_periodic_checkpoint_repeats_the_run(tmp_path, text_fi
 
 
 def spawn_train(text_file, out, *extra):
-    return subprocess.Popen([sys.executable, "-m", "gpurnn.cli", "train", "--text", text_file,
+    return subprocess.Popen([sys.executable, "-m", "gpurnn.apps.cli", "train", "--text", text_file,
                              "--out", str(out), "--steps", "100000", "--sample-every", "0", *TINY, *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": ROOT})
@@ -242,7 +242,7 @@ def test_resume_refuses_changed_settings_and_says_what_it_changes(tmp_path, text
 
 
 def test_resume_without_optimizer_state_is_refused(tmp_path, text_file, trained):
-    from gpurnn.checkpoint import save_checkpoint
+    from gpurnn.train.checkpoint import save_checkpoint
     ckpt = load_checkpoint(trained)
     ckpt.optimizer_arrays.clear()
     path = str(tmp_path / "noopt.npz")

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .arrays import array_module
+from ..arrays import array_module
 
 
 def prefixed(**groups):

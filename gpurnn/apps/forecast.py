@@ -21,10 +21,10 @@ standardised with the training part's mean and standard deviation.
 """
 import numpy as np
 
-from .arrays import to_numpy
-from .layers import make_layer
-from .tbptt import tbptt_window, window_at
-from .optim import Adam, clip_grad_norm, prefixed, unprefixed
+from ..arrays import to_numpy
+from ..layers import make_layer
+from ..train.optim import Adam, clip_grad_norm, prefixed, unprefixed
+from ..train.tbptt import tbptt_window, window_at
 
 # ----------------------------------------------------------------------------- series
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .cells import get_cell
-from .layers import Recurrent
+from ..cells import get_cell
+from ..layers import Recurrent
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")     # the default comparison; any registered cell works
 # Recurrent-weight gain per cell for the demonstration (None, or absent: the torch-style init).

@@ -86,7 +86,7 @@ def cell_list(text):
 
 def resolve_backend(name, option="--backend"):
     """The backend object for a --backend value; UsageError naming the option otherwise."""
-    from .backend import BackendUnavailable, get_backend
+    from ..backend import BackendUnavailable, get_backend
     try:
         return get_backend(name)
     except (ValueError, BackendUnavailable) as exc:
@@ -171,7 +171,7 @@ def add_train_args(p):
 def _config_for(args, text):
     """(Trainer, notes) for a new run or a resumed one; every conflict is a UsageError."""
     from .charlm import ConfigError, LMConfig, RESUME_OVERRIDES, Trainer
-    from .checkpoint import load_checkpoint
+    from ..train.checkpoint import load_checkpoint
     given = {k: getattr(args, k) for k in CONFIG_OPTIONS if getattr(args, k) is not None}
     notes = []
     try:
@@ -199,8 +199,8 @@ def cmd_train(args):
     import numpy as np
 
     from .charlm import TrainingDiverged, plot_loss_curve
-    from .checkpoint import remove_stale_temps
-    from .data import default_corpus, load_text
+    from ..train.checkpoint import remove_stale_temps
+    from ..train.data import default_corpus, load_text
     if args.backend is not None:
         resolve_backend(args.backend)
     output_dir(args.out)
@@ -555,8 +555,7 @@ def _gemm_path():
     import gpurnn
     if "cuda" not in gpurnn.available_backends():
         return "none (no cuda backend here; the cpu backend's GEMMs are NumPy's BLAS)"
-    from gpurnn.cuda.backend import _cupy
-    if _cupy() is not None:
+    if gpurnn.get_backend("cuda").xp.__name__ == "cupy":     # the contract's array module
         return "cuBLAS via CuPy"
     why = "the CUDA simulator" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "CuPy not importable"
     return f"Numba gemm kernel (fallback: {why}; pip install -e '.[cuda12]' for cuBLAS)"
@@ -618,10 +617,10 @@ def build_parser():
 
 def expected_errors():
     """The exceptions that are the user's to fix: one line each, exit code 2."""
-    from .backend import BackendUnavailable
+    from ..backend import BackendUnavailable
     from .charlm import ConfigError, TrainingDiverged
-    from .checkpoint import CheckpointError
-    from .data import TextError
+    from ..train.checkpoint import CheckpointError
+    from ..train.data import TextError
     return (UsageError, TextError, CheckpointError, ConfigError, TrainingDiverged, BackendUnavailable)
 
 

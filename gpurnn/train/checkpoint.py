@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .arrays import to_numpy
-from .validation import physical_memory
+from ..arrays import to_numpy
+from ..validation import physical_memory
 
 FORMAT = "gpurnn-checkpoint"
 VERSION = 1

@@ -21,15 +21,15 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .arrays import to_numpy
-from .cells import get_cell, names
-from .checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
-from .data import TextError, Vocabulary, as_streams, one_hot, split_train_val
-from .layers import make_layer
-from .losses import LN2, OutputLayer, unigram_entropy_bits
-from .optim import clip_grad_norm, make_optimizer, prefixed, unprefixed
-from .tbptt import tbptt_window, window_at
-from .validation import physical_memory
+from ..arrays import to_numpy
+from ..cells import get_cell, names
+from ..layers import make_layer
+from ..train.checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
+from ..train.data import TextError, Vocabulary, as_streams, one_hot, split_train_val
+from ..train.losses import LN2, OutputLayer, unigram_entropy_bits
+from ..train.optim import clip_grad_norm, make_optimizer, prefixed, unprefixed
+from ..train.tbptt import tbptt_window, window_at
+from ..validation import physical_memory
 
 CELLS = tuple(names())        # every registered cell (the built-ins at import)
 

@@ -17,9 +17,9 @@ import math
 
 import numpy as np
 
-from .arrays import array_module, to_numpy
-from .contract import matmul
-from .validation import check_positive_int
+from ..arrays import array_module, to_numpy
+from ..contract import matmul
+from ..validation import check_positive_int
 
 LN2 = math.log(2.0)
 
@@ -82,7 +82,7 @@ class OutputLayer:
     """
 
     def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, backend="numpy"):
-        from .backend import get_backend
+        from ..backend import get_backend
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
         self.dtype = np.dtype(dtype)

@@ -27,8 +27,8 @@ resume exactly:
 With the same weights (no update between windows) windows and ``truncate=k`` give the
 same weight gradients.
 """
-from .contract import compute_scope
-from .validation import check_positive_int
+from ..contract import compute_scope
+from ..validation import check_positive_int
 
 
 def tbptt_window(model, inputs, loss_fn, state=None, start=0):
