@@ -60,3 +60,36 @@ def numeric_grad(f, array, eps=1e-6, indices=None):
         flat[i] = orig
         fd[n] = (up - down) / (2 * eps)
     return fd.reshape(array.shape) if indices is None else fd
+
+
+def host(a):
+    """Any backend's array as a NumPy array."""
+    from gpurnn.arrays import to_numpy
+    return np.asarray(to_numpy(a))
+
+
+def forward_backward(model, inputs, lengths=None, truncate=None):
+    """Forward and backward of ``model`` on inputs (x, state, dout, dstate); every array
+    the user can see, by name. All states' gradients are one array "dstate0": one may be
+    exactly zero in exact arithmetic (sLSTM's stabiliser m: h does not depend on it), its
+    own norm pure rounding noise."""
+    out, state_n = model(inputs["x"], inputs["state"], lengths=lengths)
+    dx, dstate0 = model.backward(inputs["dout"], inputs["dstate"], truncate=truncate)
+    results = {"out": out, "dx": dx}
+    results.update({f"state_n[{k}]": s for k, s in enumerate(state_parts(state_n))})
+    results["dstate0"] = np.concatenate([host(s) for s in state_parts(dstate0)])
+    results.update({f"grad {k}": g.copy() for k, g in model.grads.items()})   # grads accumulate in place
+    return results
+
+
+def assert_all_close(actual, expected, dtype, tolerance):
+    """Same names, dtype ``dtype``, shapes, finite values (a NaN-poisoned buffer left
+    unwritten fails) and normwise relative error <= tolerance, array by array."""
+    assert actual.keys() == expected.keys()
+    for name, want in expected.items():
+        got = host(actual[name])
+        assert got.dtype == np.dtype(dtype), f"{name}: dtype {got.dtype}, expected {dtype}"
+        assert got.shape == np.shape(want), name
+        assert np.all(np.isfinite(got)), f"{name}: non-finite values (a buffer left unwritten?)"
+        err = rel_err(got, want)
+        assert err <= tolerance, f"{name}: normwise relative error {err:.3g}"

@@ -13,7 +13,7 @@ import pytest
 
 import gpurnn
 from gpurnn.backend import NumpyBackend
-from helpers import EVERY_CELL, rel_err
+from helpers import EVERY_CELL, assert_all_close, forward_backward
 
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
 T, I, H = 7, 5, 6                 # odd, distinct sizes so a transposed index cannot hide
@@ -23,8 +23,12 @@ LENGTHS = np.array([7, 2, 5])     # full, short and middle rows (B = 3)
 OPTIONS = {
     "plain": ({}, {}),
     "initial_state": ({}, {"state": True}),
+    "lengths": ({}, {"lengths": LENGTHS}),
+    "truncate": ({}, {"truncate": 3}),
     "lengths_truncate": ({}, {"lengths": LENGTHS, "truncate": 3}),
     "no_bias": ({"bias": False}, {}),
+    "two_layers": ({"num_layers": 2}, {}),
+    "bidirectional": ({"bidirectional": True}, {}),
     "two_layers_bidirectional": ({"num_layers": 2, "bidirectional": True}, {}),
     "dropout": ({"num_layers": 2, "dropout": 0.4}, {}),
     "rows": ({}, {"batch": 11, "state": True, "truncate": 4}),
@@ -77,24 +81,6 @@ def _inputs(model, rng, batch, with_state):
     return dict(x=x, state=states() if with_state else None, dout=dout, dstate=states())
 
 
-def _run(model, inputs, lengths, truncate):
-    """Forward and backward; every array the user can see, by name."""
-    out, state_n = model(inputs["x"], inputs["state"], lengths=lengths)
-    dx, dstate0 = model.backward(inputs["dout"], inputs["dstate"], truncate=truncate)
-    results = {"out": out, "dx": dx}
-    results.update({f"state_n[{k}]": s for k, s in enumerate(state_n)})
-    # all states' gradients as one array: one may be exactly zero in exact arithmetic
-    # (sLSTM's stabiliser m: h does not depend on it), its own norm pure rounding noise
-    results["dstate0"] = np.concatenate([_host(s) for s in dstate0])
-    results.update({f"grad {k}": g.copy() for k, g in model.grads.items()})
-    return results
-
-
-def _host(a):
-    from gpurnn.arrays import to_numpy
-    return np.asarray(to_numpy(a))
-
-
 @pytest.mark.parametrize("backend, cell, option, dtype", list(_cases()))
 def test_backend_matches_the_numpy_oracle(backend, cell, option, dtype, rng):
     factory, _ = BACKENDS[backend]
@@ -112,15 +98,9 @@ def test_backend_matches_the_numpy_oracle(backend, cell, option, dtype, rng):
     model.load_state_dict(oracle.state_dict())
     inputs = _inputs(oracle, rng, batch, run_kw.get("state", False))
     lengths = run_kw.get("lengths") if batch == 3 else None
-    expected = _run(oracle, inputs, lengths, run_kw.get("truncate"))
-    actual = _run(model, inputs, lengths, run_kw.get("truncate"))
-    assert actual.keys() == expected.keys()
-    for name, want in expected.items():
-        got = _host(actual[name])
-        assert got.dtype == np.dtype(dtype) and got.shape == want.shape, name
-        assert np.all(np.isfinite(got)), f"{name}: non-finite values (a buffer left unwritten?)"
-        err = rel_err(got, want)
-        assert err <= TOLERANCE[dtype], f"{name}: normwise relative error {err:.3g}"
+    expected = forward_backward(oracle, inputs, lengths, run_kw.get("truncate"))
+    actual = forward_backward(model, inputs, lengths, run_kw.get("truncate"))
+    assert_all_close(actual, expected, dtype, TOLERANCE[dtype])
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpu"])
@@ -130,7 +110,7 @@ def test_backward_keeps_its_tape_and_accumulates(backend, cell, rng):
     twice the gradients."""
     model = gpurnn.Recurrent(cell, I, H, backend=backend, dtype="float64", seed=2)
     inputs = _inputs(model, rng, 3, True)
-    first = _run(model, inputs, LENGTHS, None)
+    first = forward_backward(model, inputs, LENGTHS)
     dx_again, _ = model.backward(inputs["dout"], inputs["dstate"])
     np.testing.assert_array_equal(dx_again, first["dx"])
     for name, g in model.grads.items():
