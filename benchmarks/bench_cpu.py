@@ -9,7 +9,9 @@ run: torch (the baseline every ratio divides by) and the NumPy reference (small 
 only: it is slow). Each repeat runs every backend untimed for at least SETTLE_S (0.2 s),
 then once timed, backends interleaved, so machine load (shared cores) hits all of them alike
 and none shares the cores with the previous one's spinning idle threads; JIT compilation is
-excluded by a warm-up. ``--threads N`` runs everything in
+excluded by a warm-up. Before any timing, every version's output, dx and weight gradients
+are checked against the float64 NumPy reference (timing.validate): a wrong result stops the
+run with no time reported. ``--threads N`` runs everything in
 a child process with N BLAS/OpenMP/Numba threads (OPENBLAS_NUM_THREADS, OMP_NUM_THREADS,
 NUMBA_NUM_THREADS must be set before the libraries load) and torch.set_num_threads(N);
 several values (--threads 1,2) give several blocks of rows.
@@ -32,7 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from timing import time_calls  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from timing import (gpurnn_results, layer_reference, time_calls, torch_results,  # noqa: E402
+                    validate)  # (benchmarks/ is on sys.path when run as a script)
 
 # (cell, T, B, I, H); the first three are the LSTM targets (ratio <= 0.5, 1.0, 1.0).
 CONFIGS = [(cell, *shape) for cell in ("lstm", "gru", "rnn_tanh")
@@ -82,7 +85,7 @@ def torch_runner(cfg, weights, x, dout):
         xt.grad = None
         out, _ = model(xt)
         out.backward(dt)
-    return step
+    return step, model
 
 
 def split_plan(model):
@@ -113,10 +116,14 @@ def measure(cfg, repeats, with_numpy):
     dout = rng.standard_normal((T, B, H)).astype(np.float32)
 
     runners, models = {}, {}
+    reference = layer_reference(cell, weights, x, dout)     # float64: every version is checked
     for backend in ["cpu"] + (["numpy"] if with_numpy else []):
         runners[backend], models[backend] = gpurnn_runner(backend, cfg, weights, x, dout)
+        validate(f"gpurnn backend={backend}, {config_name(cfg)}",
+                 gpurnn_results(models[backend], x, dout), reference)
     try:
-        runners["torch"] = torch_runner(cfg, weights, x, dout)
+        runners["torch"], torch_model = torch_runner(cfg, weights, x, dout)
+        validate(f"torch, {config_name(cfg)}", torch_results(torch_model, x, dout), reference)
     except ImportError:
         pass
     for run in runners.values():          # JIT compile / first-touch warm-up

@@ -11,6 +11,8 @@ LSTM through
   torch   torch.nn.LSTM (peer, its own CPU kernels)
 reported as median / p20 / p80 over --reps repetitions, and bridge - direct (the bridge's
 cost: tensor<->array views, autograd bookkeeping, gradient accumulation into .grad).
+Before any timing each version's output, dx and weight gradients (same weights) are checked
+against the float64 NumPy reference: a wrong one stops the run, no time reported.
 DDP rows run torchrun --standalone --nproc_per_node={1,2} examples/ddp_train.py and read
 its RESULT line. Writes benchmarks/results_torch_bridge.csv and benchmarks/RESULTS_torch.md.
 """
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import gpurnn  # noqa: E402
 import gpurnn.torch as gt  # noqa: E402
-from timing import time_calls  # noqa: E402
+from timing import gpurnn_results, layer_reference, time_calls, torch_results, validate  # noqa: E402
 
 SHAPES = [  # (label, T, B, I, H)
     ("tiny T=1 B=1 H=8", 1, 1, 8, 8),
@@ -54,8 +56,14 @@ def overhead_rows(backends, reps, layers=1):
         x_np = rng.standard_normal((T, B, I)).astype(np.float32)
         dout_np = rng.standard_normal((T, B, H)).astype(np.float32)
         x_t, dout_t = torch.from_numpy(x_np), torch.from_numpy(dout_np)
+        weights = gt.LSTM(I, H, num_layers=layers).state_dict()      # every version's
+        weights = {k: v.numpy() for k, v in weights.items()}
+        reference = layer_reference("lstm", weights, x_np, dout_np)   # float64, checked first
         for b in backends:
             direct = gpurnn.LSTM(I, H, num_layers=layers, backend=b)
+            direct.load_state_dict(weights)
+            validate(f"{label}: gpurnn.LSTM(backend={b!r})", gpurnn_results(direct, x_np, dout_np),
+                     reference)
 
             def run_direct():
                 direct.zero_grad()
@@ -63,7 +71,9 @@ def overhead_rows(backends, reps, layers=1):
                 direct.backward(dout_np)
 
             bridge = gt.LSTM(I, H, num_layers=layers, backend=b)
-            direct.load_state_dict(bridge.state_dict())
+            bridge.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+            validate(f"{label}: gpurnn.torch.LSTM(backend={b!r})", torch_results(bridge, x_t, dout_t),
+                     reference)
             xs = x_t.clone().requires_grad_()
 
             def run_bridge():
@@ -84,6 +94,8 @@ def overhead_rows(backends, reps, layers=1):
             print(f"{label:24s} {b:6s} direct {d[0]:9.3f} ms  bridge {br[0]:9.3f} ms  "
                   f"overhead {(br[0] - d[0]) * 1e3:8.1f} us  ({br[0] / d[0]:.3f}x)", flush=True)
         ref = torch.nn.LSTM(I, H, num_layers=layers)
+        ref.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+        validate(f"{label}: torch.nn.LSTM", torch_results(ref, x_t, dout_t), reference)
         xs = x_t.clone().requires_grad_()
 
         def run_torch():

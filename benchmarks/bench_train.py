@@ -4,6 +4,8 @@ One training step = forward over a window of k characters for B streams, softmax
 cross-entropy, BPTT, gradient clipping, Adam — exactly what `gpurnn train` does per step,
 with the same sizes (defaults are the CLI's) and the same one-hot inputs on both sides.
 Steps are timed after warm-up (JIT compilation excluded); chars/s = B*k / median step time.
+Before any timing, every version's first window (loss and every gradient, from the same
+weights) is checked against the float64 NumPy reference: a wrong one stops the run, no time.
 
     python benchmarks/bench_train.py                       # backend auto (+ numpy) vs torch
     python benchmarks/bench_train.py --backends cpu,numpy --steps 30
@@ -22,29 +24,63 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
 from gpurnn.apps.charlm import LMConfig, Trainer  # noqa: E402
+from gpurnn.arrays import to_numpy  # noqa: E402
+from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
 from gpurnn.train.data import default_corpus  # noqa: E402
-from timing import time_calls  # noqa: E402
+from gpurnn.train.optim import unprefixed  # noqa: E402
+from gpurnn.train.tbptt import window_at  # noqa: E402
+from timing import time_calls, validate  # noqa: E402
+
+def make_trainer(text, args, backend, dtype="float32"):
+    return Trainer(text, LMConfig(cell=args.cell, hidden=args.hidden, layers=args.layers,
+                                  window=args.window, batch=args.batch, backend=backend, dtype=dtype))
 
 
+def first_window(trainer):
+    """(x, y): the ids of the first training window, (k, B) each."""
+    steps, _ = window_at(0, trainer.config.window, trainer.windows_per_epoch, None)
+    return trainer.streams[:, steps].T, trainer.streams[:, steps.start + 1:steps.stop + 1].T
 
 
-def bench_gpurnn(text, args, backend):
-    trainer = Trainer(text, LMConfig(cell=args.cell, hidden=args.hidden, layers=args.layers,
-                                     window=args.window, batch=args.batch, backend=backend))
+def step_results(trainer):
+    """The loss and every (pre-clip) gradient of one training window from zero state; the
+    trainer's weights, optimizer, state and step count are left as they were."""
+    x, y = first_window(trainer)
+    trainer.lm.zero_grad()
+    loss, _ = trainer.lm.train_window(x, y, None)
+    got = {"loss": np.asarray(loss), **{k: np.asarray(to_numpy(g)) for k, g in trainer.lm.grads().items()}}
+    trainer.lm.zero_grad()
+    return got
+
+
+def bench_gpurnn(text, args, backend, reference):
+    trainer = make_trainer(text, args, backend)
+    validate(f"gpurnn backend={trainer.lm.backend}", step_results(trainer), reference)
     times = time_calls(trainer.train_step, args.steps, args.warmup)
     return trainer.lm.backend, trainer, times
 
 
-def bench_torch(trainer, args):
+def bench_torch(trainer, args, weights, reference):
+    """``trainer``: for the text's streams and sizes; ``weights``: the initial weights every
+    version starts from (gpurnn names), for the check against ``reference``."""
     import torch
     torch.manual_seed(0)
     V, H = len(trainer.vocab), args.hidden
     rnn_cls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn_tanh": torch.nn.RNN}[args.cell]
     rnn = rnn_cls(V, H, num_layers=args.layers)
     head = torch.nn.Linear(H, V)
+    rnn.load_state_dict({k: torch.from_numpy(v) for k, v in unprefixed(weights, "rnn").items()})
+    head.load_state_dict({"weight": torch.from_numpy(weights["head.weight"].T.copy()),
+                          "bias": torch.from_numpy(weights["head.bias"])})
     params = list(rnn.parameters()) + list(head.parameters())
+    x, y = (torch.from_numpy(a) for a in first_window(trainer))
+    out, _ = rnn(torch.nn.functional.one_hot(x, V).float())
+    loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, V), y.reshape(-1))
+    loss.backward()
+    got = {"loss": loss.item(), **{f"rnn.{k}": p.grad.numpy() for k, p in rnn.named_parameters()},
+           "head.weight": head.weight.grad.numpy().T, "head.bias": head.bias.grad.numpy()}
+    validate(f"PyTorch {version('torch')}", got, reference)
     opt = torch.optim.Adam(params, lr=trainer.config.lr)
     streams = torch.from_numpy(trainer.streams)
     k = args.window
@@ -93,6 +129,10 @@ def main(argv=None):
     text, source = default_corpus()
     chars = args.batch * args.window
     rows, seen, trainer = [], set(), None
+    # every version's first window (loss and gradients) against the float64 reference first
+    oracle = make_trainer(text, args, "numpy", dtype="float64")
+    reference = step_results(oracle)
+    initial = {k: v.astype(np.float32) for k, v in oracle.lm.state_dict().items()}   # = every version's
     for name in [b for b in args.backends.split(",") if b]:
         try:
             resolved = get_backend(name).name
@@ -102,13 +142,13 @@ def main(argv=None):
         if resolved in seen:
             continue                      # "auto" resolved to a backend already timed
         seen.add(resolved)
-        _, trainer, times = bench_gpurnn(text, args, resolved)
+        _, trainer, times = bench_gpurnn(text, args, resolved, reference)
         label = f"gpurnn backend={resolved}" + (" (auto)" if name == "auto" else "")
         rows.append((label, times))
         print(f"{label}: {chars / statistics.median(times):,.0f} chars/s", flush=True)
     torch_threads = None
     try:
-        times, torch_threads = bench_torch(trainer, args)
+        times, torch_threads = bench_torch(trainer, args, initial, reference)
         rows.append((f"PyTorch {version('torch')} CPU ({torch_threads} threads)", times))
         print(f"torch: {chars / statistics.median(times):,.0f} chars/s", flush=True)
     except ImportError:

@@ -1,5 +1,16 @@
-"""Wall-clock timing shared by the CPU-side benchmarks (the GPU one times with CUDA events)."""
+"""Wall-clock timing shared by the CPU-side benchmarks (the GPU one times with CUDA events),
+and the check every benchmarked version passes before it is timed (as llm.c's dev/cuda
+does): a version whose result is wrong gets no time."""
 import time
+
+import numpy as np
+
+# float32 kernels against the float64 NumPy reference (normwise relative error per array)
+TOLERANCE = 1e-4
+
+
+class WrongResult(SystemExit):
+    """A version's result differs from the reference: the benchmark stops, reporting no time."""
 
 
 def time_calls(fn, repeats, warmup=2):
@@ -13,3 +24,68 @@ def time_calls(fn, repeats, warmup=2):
         fn()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def rel_err(a, b):
+    """Normwise relative error ||a - b|| / ||b|| (absolute where b is zero)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    norm = np.linalg.norm(b)
+    return float(np.linalg.norm(a - b) / (norm if norm > 0 else 1.0))
+
+
+def validate(version, got, want, tolerance=TOLERANCE):
+    """Refuse to time ``version`` unless every array of ``want`` (name -> array) is in
+    ``got`` with its shape, finite, within ``tolerance``; returns the worst error."""
+    worst = 0.0
+    for name, expected in want.items():
+        if name not in got:
+            raise WrongResult(f"{version}: no {name!r} to check against the reference: not timed")
+        actual = np.asarray(got[name], np.float64)
+        if actual.shape != np.shape(expected) or not np.all(np.isfinite(actual)):
+            raise WrongResult(f"{version}: {name} has shape {actual.shape} (reference "
+                              f"{np.shape(expected)}) or non-finite values: not timed")
+        err = rel_err(actual, expected)
+        if not err <= tolerance:
+            raise WrongResult(f"{version}: {name} differs from the reference (normwise relative "
+                              f"error {err:.3g} > {tolerance:g}): wrong result, not timed")
+        worst = max(worst, err)
+    return worst
+
+
+def layer_reference(cell, weights, x, dout):
+    """out, dx and every weight gradient ("grad <torch name>") of one gpurnn layer stack with
+    ``weights`` (torch names) on x (T, B, I), dout (T, B, D*H): the NumPy reference, float64."""
+    from gpurnn.layers import make_layer
+    H = weights["weight_hh_l0"].shape[1]
+    layers = 1 + max(int(k.split("_l")[1].split("_")[0]) for k in weights)
+    model = make_layer(cell, x.shape[2], H, num_layers=layers, bias="bias_ih_l0" in weights,
+                       bidirectional=any(k.endswith("_reverse") for k in weights),
+                       backend="numpy", dtype="float64")
+    model.load_state_dict({k: np.asarray(v, np.float64) for k, v in weights.items()})
+    return gpurnn_results(model, np.asarray(x, np.float64), np.asarray(dout, np.float64))
+
+
+def gpurnn_results(model, x, dout):
+    """The same names as layer_reference for a gpurnn layer stack (one fresh forward +
+    backward on host arrays; the gradients are zeroed again afterwards)."""
+    from gpurnn.arrays import to_numpy
+    model.zero_grad()
+    out, _ = model(x)
+    dx, _ = model.backward(dout)
+    got = {"out": out, "dx": dx, **{f"grad {k}": g.copy() for k, g in model.grads.items()}}
+    model.zero_grad()
+    return {k: np.asarray(to_numpy(v)) for k, v in got.items()}
+
+
+def torch_results(module, x, dout):
+    """The same names as layer_reference for a torch.nn RNN/LSTM/GRU (one fresh forward +
+    backward; the module's .grad fields are left as it found them: zeroed)."""
+    import torch
+    module.zero_grad(set_to_none=True)
+    xt = torch.as_tensor(x).clone().requires_grad_()
+    out, _ = module(xt)
+    out.backward(torch.as_tensor(dout))
+    got = {"out": out.detach().numpy(), "dx": xt.grad.numpy(),
+           **{f"grad {k}": p.grad.numpy() for k, p in module.named_parameters()}}
+    module.zero_grad(set_to_none=True)
+    return got
