@@ -6,18 +6,16 @@ direction, any registered cell (a gpurnn.cells.CellSpec).
 Registered backends, in "auto" preference order: cuda, cpu, numpy. A backend module is
 imported only when asked for, so importing gpurnn never touches Numba or a GPU.
 """
-import contextlib
 import importlib
 
-import numpy as np
+from .contract import HostBackend
 
 
-class NumpyBackend:
+class NumpyBackend(HostBackend):
     """The NumPy oracle as a backend: gpurnn.reference (hand-written) for the cells it
     covers, gpurnn.vectorised (the cell's own forward + derived backward) for every other
     cell, or for every cell with ``vectorised=True`` (tests compare the two)."""
     name = "numpy"
-    xp = np
     dtypes = ("float32", "float64")
 
     def __init__(self, vectorised=False):
@@ -25,18 +23,6 @@ class NumpyBackend:
 
     def is_available(self):
         return True
-
-    def asarray(self, a, dtype=None):
-        return np.asarray(a, dtype=dtype)
-
-    def to_user(self, a, like):
-        return a
-
-    def matmul(self, a, b):
-        return np.matmul(a, b)
-
-    def compute_scope(self):
-        return contextlib.nullcontext()
 
     def _handwritten(self, spec):
         return not self.vectorised and spec.reference is not None

@@ -39,10 +39,13 @@ that a model never needs to know one backend's internals:
 
 Both are optional for a backend: call them through ``matmul(backend, a, b)`` and
 ``compute_scope(backend)`` below, which fall back to the defaults for a backend object
-that does not define them.
+that does not define them. ``HostBackend`` gives a backend on NumPy arrays (numpy, cpu)
+xp, asarray, to_user and the defaults in one place.
 """
 import contextlib
 from typing import NamedTuple, Optional
+
+import numpy as np
 
 
 class DirectionGrads(NamedTuple):
@@ -55,6 +58,24 @@ class DirectionGrads(NamedTuple):
     db_hh: Optional[object]    # (G*H,) or None without bias
     plan: Optional[dict] = None   # what the backward ran (as tape["plan"] for the forward)
 
+
+
+class HostBackend:
+    """The members every backend on NumPy arrays shares (numpy, cpu): xp, asarray, to_user,
+    and the default matmul and compute_scope; a backend overrides what it does its own way."""
+    xp = np
+
+    def asarray(self, a, dtype=None):
+        return np.asarray(a, dtype=dtype)
+
+    def to_user(self, a, like):
+        return a
+
+    def matmul(self, a, b):
+        return np.matmul(a, b)
+
+    def compute_scope(self):
+        return contextlib.nullcontext()
 
 
 def matmul(backend, a, b):

@@ -24,10 +24,10 @@ DirectionGrads.plan) says how each call split.
 """
 import numpy as np
 
-from ..contract import DirectionGrads
+from ..contract import DirectionGrads, HostBackend
 
 
-class CpuBackend:
+class CpuBackend(HostBackend):
     """Numba CPU backend; its configuration is its constructor's arguments.
 
     poison      fill every buffer the kernels must write with NaN before they run (tests
@@ -42,7 +42,6 @@ class CpuBackend:
                 (kept for comparisons; the tests run both)
     """
     name = "cpu"
-    xp = np
     dtypes = ("float32", "float64")
 
     def __init__(self, poison=False, threads=None, split=None, transposed_forward=True):
@@ -65,12 +64,6 @@ class CpuBackend:
         except ImportError:
             return False
         return True
-
-    def asarray(self, a, dtype=None):
-        return np.asarray(a, dtype=dtype)
-
-    def to_user(self, a, like):
-        return a
 
     def matmul(self, a, b):
         """a @ b, its rows split over this backend's threads, one-thread BLAS per part
