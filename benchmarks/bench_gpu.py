@@ -9,7 +9,9 @@ Rows (issue 4's targets):
 Timing: CUDA events around each call (the gpurnn calls include their Python launch loop),
 JIT/cuDNN warm-up runs excluded, median / p20 / p80 over --reps runs. Inputs live on the
 GPU (CuPy arrays for gpurnn, torch tensors for torch); no host copies are timed.
-Each gpurnn row is also checked against torch fp32 (relative error of the output).
+Each gpurnn version is checked against torch fp32 (strict, TF32 off) before it is timed:
+relative error of the output and of dx <= 1e-3, else the row is not timed and the log
+says CHECK FAILED. What ran comes from the layer's per-call plans (last_plans).
 
 Run (real GPU; needs cupy + torch + numba-cuda):
     PYTHONPATH=. python benchmarks/bench_gpu.py --out results/ [--quick] [--reps 10]
@@ -94,8 +96,11 @@ def run(args):
         x_t = torch.from_numpy(x_np).cuda()
         dout_t = torch.from_numpy(dout_np).cuda()
         torch.backends.cudnn.allow_tf32 = False     # the accuracy reference: strict fp32
-        with torch.no_grad():
-            want = ref(x_t)[0].float().cpu().numpy()
+        xg = x_t.clone().requires_grad_(True)
+        out_ref, _ = ref(xg)
+        out_ref.backward(dout_t)
+        want = out_ref.detach().float().cpu().numpy()
+        want_dx = xg.grad.float().cpu().numpy()       # checked before any timing
         results = {}
 
         for algo in ("step", "persistent"):
@@ -115,9 +120,21 @@ def run(args):
             t0 = time.time()
             out = m(x)[0]
             err = float(np.linalg.norm(cp.asnumpy(out) - want) / np.linalg.norm(want))
-            ran = be.last_algo
+            # what ran: the per-call plans (tape["plan"] / DirectionGrads.plan) of the
+            # layer's last forward / backward, never state on the backend object
+            dx = m.backward(dout)[0]
+            err_dx = float(np.linalg.norm(cp.asnumpy(dx) - want_dx) / np.linalg.norm(want_dx))
+            if not (err < 1e-3 and err_dx < 1e-3):
+                log(f"CHECK FAILED {name} {mode} H={H} {algo}: rel err out {err:.2e} "
+                    f"dx {err_dx:.2e} vs torch fp32: not timed")
+                continue
+            fplan = m.last_plans["forward"][0][0]
+            bplan = m.last_plans["backward"][0][0]
+            ran = f"{fplan.get('algorithm')}/{bplan.get('algorithm')}"
+            declined = fplan.get("declined") or bplan.get("declined") or ""
             times = _time_cupy(cp, f_fwd if mode == "fwd" else f_fb, args.reps, args.warmup)
-            results[f"gpurnn-{algo}"] = (times, f"ran={ran} plan={be.last_plan} rel_err_vs_cudnn={err:.2e}"
+            results[f"gpurnn-{algo}"] = (times, f"ran={ran} declined={declined!r} "
+                                         f"fwd_plan={fplan} rel_err_vs_cudnn={err:.2e} dx_rel_err={err_dx:.2e}"
                                          f" first_call_s={time.time() - t0:.1f}")
 
         for prec in ("fp32", "tf32", "fp16"):

@@ -1,54 +1,65 @@
 #!/usr/bin/env bash
-# gpu_check.sh: check gpurnn's cuda backend on your NVIDIA GPU (tested on an H100/H200) in
-# one run of about 8 minutes that needs no network.
+# gpu_check.sh: check gpurnn's cuda backend on an NVIDIA GPU (made for the lent H200: 132
+# SMs, CUDA 13 image with numba, numba-cuda, cupy, torch, pytest preinstalled, no registry)
+# in one run of about 6-7 minutes, well inside 8, that needs no network.
 #
-#   pip install -e ".[cuda12,test-cu12]"               # or .[cuda13,test-cu13] for a CUDA 13 driver
-#   PYTHONPATH=. OUT=out bash benchmarks/gpu_check.sh  # from the repository root
+#   OUT=out bash benchmarks/gpu_check.sh          # from the repository root
 #
-# What it does:
-# 1. environment: nvidia-smi, driver, python, numba, numba-cuda, cupy, torch versions
-# 2. the whole test suite on your GPU, simulator off (GPURNN_REAL_GPU=1,
-#    NUMBA_ENABLE_CUDASIM=0; multi-block persistent kernels included), TWICE, and the two
-#    runs' per-test outcomes compared (a race shows up as a result that moves)
-# 3. the PTX report (sm_90 PTX of every kernel, registers/smem, f64 check), in the
-#    background during the test runs (CPU only)
-# 4. benchmarks/bench_gpu.py: gpurnn step vs persistent vs torch.nn.LSTM cuDNN fp32/fp16
-# Writes at most 8 files under $OUT (default ./gpu_check_out); attach summary.txt (and the
-# logs it points to) to a bug report:
-#   env.txt tests_run1.log tests_run2.log ptx_report.md bench.csv bench.md bench.log summary.txt
-# T_TESTS / T_PTX / T_BENCH (seconds) bound each part.
+# Steps (each bounded by timeout; results streamed, so a killed step keeps what it had):
+#   1. env.txt       environment first: GPU, driver, python, numba / numba-cuda (and
+#                    whether it matches our pin), cupy, torch, cuDNN, tools on PATH
+#   2. smoke.txt     20 s strict smoke run (GPURNN_STRICT=1: any fallback raises), LSTM
+#                    forward + backward, the plans printed
+#   3. tests.log     the CUDA, torch-bridge and parity tests on the real GPU (pytest -v,
+#                    streamed), then the multi-block (cooperative grid) tests a second time
+#   4. sanitizer.txt compute-sanitizer racecheck and synccheck on a tiny grid case
+#   5. ncu.txt       Nsight Compute on the persistent kernels at T=64, as text
+#   6. bench.csv, bench.md   benchmarks/bench_gpu.py: forward and backward checked against
+#                    torch first, then timed against cuDNN fp32, TF32, fp16
+#   7. summary.txt   one screen: what passed, the plans, the table
+# At most 8 files under $OUT (16 MiB each at most; logs are trimmed).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
-export PYTHONPATH="${PYTHONPATH:-.}"
-T_TESTS="${T_TESTS:-160}"      # seconds per test-suite run (x2)
-T_PTX="${T_PTX:-240}"          # runs concurrently with the tests
-T_BENCH="${T_BENCH:-140}"      # 2*160 + 140 + setup < 480 s
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export NUMBA_ENABLE_CUDASIM=0 GPURNN_REAL_GPU=1
+PY="${PYTHON:-python3}"
+T_SMOKE="${T_SMOKE:-20}"; T_TESTS="${T_TESTS:-130}"; T_TESTS2="${T_TESTS2:-45}"
+T_SAN="${T_SAN:-35}"; T_NCU="${T_NCU:-50}"; T_BENCH="${T_BENCH:-120}"
 START=$(date +%s)
 say() { echo "[gpu_check $(( $(date +%s) - START ))s] $*"; }
+trim() { [ -f "$1" ] && [ "$(stat -c %s "$1")" -gt 16000000 ] && truncate -s 16000000 "$1"; true; }
 
 # ---------------------------------------------------------------- 1. environment
 {
   echo "# date: $(date -u)"
-  echo "# host: $(hostname)"
-  nvidia-smi || echo "nvidia-smi: not found"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true
-  python - <<'EOF'
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv 2>&1 || echo "nvidia-smi: not found"
+  for t in ncu compute-sanitizer nvcc ptxas nvdisasm cuobjdump; do
+    printf '%s: %s\n' "$t" "$(command -v $t || echo missing)"; done
+  "$PY" - <<'EOF'
 import importlib, platform, sys
-print("python", sys.version.replace("\n", " "), platform.platform())
-for name in ("numpy", "scipy", "numba", "numba_cuda", "cupy", "torch", "pytest"):
+print("python", sys.version.split()[0], platform.platform())
+for name in ("numpy", "numba", "numba_cuda", "cupy", "torch", "pytest"):
     try:
         m = importlib.import_module(name)
         print(f"{name} {getattr(m, '__version__', '?')}")
     except Exception as exc:
         print(f"{name} MISSING ({type(exc).__name__}: {exc})")
 try:
+    from importlib.metadata import version
+    v = version("numba-cuda")
+    pin = ">=0.30,<0.31"
+    ok = v.startswith("0.30.")
+    print(f"numba-cuda {v}: {'matches' if ok else 'DIFFERS FROM'} our pin {pin}")
+except Exception as exc:
+    print("numba-cuda version: ?", exc)
+try:
     from numba import cuda
     d = cuda.get_current_device()
-    print("numba device:", d.name, "cc", d.compute_capability, "SMs", d.MULTIPROCESSOR_COUNT)
-    print("driver version:", cuda.cudadrv.driver.driver.get_version())
-    print("max dyn smem opt-in:", d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    print("device:", d.name, "cc", d.compute_capability, "SMs", d.MULTIPROCESSOR_COUNT,
+          "smem opt-in", d.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+    print("driver:", cuda.cudadrv.driver.driver.get_version())
 except Exception as exc:
     print("numba cuda device: ERROR", exc)
 try:
@@ -59,50 +70,98 @@ except Exception as exc:
     print("torch: ERROR", exc)
 EOF
 } > "$OUT/env.txt" 2>&1
-say "environment -> env.txt"; head -40 "$OUT/env.txt"
+say "environment -> env.txt"; cat "$OUT/env.txt"
 
-# ---------------------------------------------------------------- 3. PTX report (background)
-( NUMBA_ENABLE_CUDASIM=0 timeout "$T_PTX" python -m gpurnn.cuda.ptx_report \
-      --out "$OUT/ptx_report.md" > /dev/null 2>&1; echo $? > /tmp/gpurnn_ptx_rc ) &
-PTX_PID=$!
+# ---------------------------------------------------------------- 2. strict smoke run
+GPURNN_STRICT=1 timeout "$T_SMOKE" "$PY" - > "$OUT/smoke.txt" 2>&1 <<'EOF'
+import time
+import numpy as np
+import gpurnn
+from gpurnn.cuda import CudaBackend
+t0 = time.time()
+rng = np.random.default_rng(0)
+for H in (768,):     # the > 48 KB opt-in case; one config: JIT of 2 kernels fits 20 s
+    m = gpurnn.LSTM(H, H, backend=CudaBackend(algo="auto"), seed=0)
+    x = rng.standard_normal((8, 16, H)).astype(np.float32)
+    out, _ = m(x)
+    m.backward(rng.standard_normal(out.shape).astype(np.float32))
+    print(f"H={H} forward plan:", m.last_plans["forward"][0][0])
+    print(f"H={H} backward plan:", m.last_plans["backward"][0][0])
+print(f"smoke OK in {time.time() - t0:.1f} s")
+EOF
+echo "exit status: $?" >> "$OUT/smoke.txt"
+say "strict smoke run -> smoke.txt"; cat "$OUT/smoke.txt"
 
-# ---------------------------------------------------------------- 2. tests, twice
-export GPURNN_REAL_GPU=1 NUMBA_ENABLE_CUDASIM=0
-for run in 1 2; do
-  say "test suite on the GPU, run $run (limit ${T_TESTS}s)"
-  # the PTX test is the report of step 3 (same script, run once, in the background)
-  timeout "$T_TESTS" python -m pytest -q -rA -p no:cacheprovider --durations=15 \
-      --deselect tests/test_cuda_ptx.py::test_ptx_sm90_no_f64_in_float32_kernels tests \
-      > "$OUT/tests_run$run.log" 2>&1
-  echo "exit status: $?" >> "$OUT/tests_run$run.log"
-  tail -5 "$OUT/tests_run$run.log"
-done
+# ---------------------------------------------------------------- 3. tests on the GPU
+TESTS="tests/test_cuda_backend.py tests/test_cuda_stream.py tests/test_torch_bridge.py tests/test_torch_parity.py"
+say "CUDA / bridge / parity tests (limit ${T_TESTS}s), streamed"
+{ timeout "$T_TESTS" "$PY" -m pytest -v -p no:cacheprovider -rfEs --durations=10 $TESTS 2>&1
+  echo "exit status run 1: $?"
+  echo "=== multi-block (cooperative grid) tests again: a race shows up as a moving result"
+  timeout "$T_TESTS2" "$PY" -m pytest -v -p no:cacheprovider -rfE \
+      -k "multiblock or cooperative or h768 or auto_default" tests/test_cuda_backend.py 2>&1
+  echo "exit status run 2: $?"; } > "$OUT/tests.log"
+trim "$OUT/tests.log"
+grep -E "passed|failed|exit status" "$OUT/tests.log" | tail -6
 
-wait "$PTX_PID"
-PTX_RC=$(cat /tmp/gpurnn_ptx_rc 2>/dev/null || echo "?")
-say "PTX report exit status $PTX_RC -> ptx_report.md"
+# ---------------------------------------------------------------- 4. compute-sanitizer
+cat > /tmp/gpurnn_tiny_grid.py <<'EOF'
+import numpy as np
+import gpurnn
+from gpurnn.cuda import CudaBackend
+be = CudaBackend(algo="persistent", units_per_block=4, split_k=4)   # 4 blocks, grid sync
+m = gpurnn.LSTM(8, 16, backend=be, seed=0)
+x = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)
+out, _ = m(x)
+m.backward(np.ones_like(out))
+print(m.last_plans["forward"][0][0]["algorithm"], m.last_plans["backward"][0][0]["algorithm"])
+EOF
+{ for tool in racecheck synccheck; do
+    echo "=== compute-sanitizer --tool $tool"
+    if command -v compute-sanitizer > /dev/null; then
+      timeout "$T_SAN" compute-sanitizer --tool "$tool" --print-limit 20 "$PY" /tmp/gpurnn_tiny_grid.py 2>&1 | tail -40
+      echo "exit status: ${PIPESTATUS[0]}"
+    else echo "compute-sanitizer not found"; fi
+  done; } > "$OUT/sanitizer.txt"
+say "sanitizer -> sanitizer.txt"; grep -E "ERROR SUMMARY|exit status|not found" "$OUT/sanitizer.txt"
 
-# ---------------------------------------------------------------- 4. benchmark
-say "benchmark (limit ${T_BENCH}s)"
-timeout "$T_BENCH" python benchmarks/bench_gpu.py --out "$OUT" --budget-s $(( T_BENCH - 40 )) \
-    > "$OUT/bench.log" 2>&1
+# ---------------------------------------------------------------- 5. ncu, persistent kernels
+cat > /tmp/gpurnn_ncu.py <<'EOF'
+import numpy as np
+import gpurnn
+from gpurnn.cuda import CudaBackend
+m = gpurnn.LSTM(768, 768, backend=CudaBackend(algo="persistent"), seed=0)
+x = np.random.default_rng(0).standard_normal((64, 16, 768)).astype(np.float32)
+out, _ = m(x)
+m.backward(np.ones_like(out))
+EOF
+if command -v ncu > /dev/null; then
+  timeout "$T_NCU" ncu --clock-control none --kernel-name regex:"persist" --launch-count 2 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section WarpStateStats \
+      --section LaunchStats --section Occupancy "$PY" /tmp/gpurnn_ncu.py > "$OUT/ncu.txt" 2>&1
+  echo "exit status: $?" >> "$OUT/ncu.txt"
+else
+  echo "ncu not found" > "$OUT/ncu.txt"
+fi
+trim "$OUT/ncu.txt"
+say "ncu -> ncu.txt"; grep -E "Duration|Throughput|exit status|not found" "$OUT/ncu.txt" | head -12
+
+# ---------------------------------------------------------------- 6. benchmark
+say "benchmark (limit ${T_BENCH}s): checked against torch, then timed"
+timeout "$T_BENCH" "$PY" benchmarks/bench_gpu.py --out "$OUT" --budget-s $(( T_BENCH - 30 )) \
+    > /tmp/gpurnn_bench.log 2>&1
 BENCH_RC=$?
-cat "$OUT/bench.log" | tail -30
+tail -25 /tmp/gpurnn_bench.log
 
-# ---------------------------------------------------------------- summary
+# ---------------------------------------------------------------- 7. summary
 {
   echo "gpu_check summary ($(date -u)), wall $(( $(date +%s) - START )) s"
-  for run in 1 2; do
-    echo "run $run: $(grep -E '^[0-9]+ (passed|failed)|passed|failed' "$OUT/tests_run$run.log" | tail -1)"
-    grep -E '^(PASSED|FAILED|ERROR|SKIPPED)' "$OUT/tests_run$run.log" | sort > "/tmp/gpurnn_outcomes_$run"
-  done
-  if diff -q /tmp/gpurnn_outcomes_1 /tmp/gpurnn_outcomes_2 > /dev/null; then
-    echo "runs 1 and 2: identical per-test outcomes"
-  else
-    echo "runs 1 and 2 DIFFER:"; diff /tmp/gpurnn_outcomes_1 /tmp/gpurnn_outcomes_2 | head -40
-  fi
-  echo "PTX report exit status: $PTX_RC ($(tail -1 "$OUT/ptx_report.md" 2>/dev/null))"
-  echo "benchmark exit status: $BENCH_RC"
+  grep -E "^(name|NVIDIA)|DIFFERS|matches|device:" "$OUT/env.txt" | head -5
+  grep -E "plan|smoke OK|Error|exit status" "$OUT/smoke.txt" | head -8
+  grep -E "^=+ .*(passed|failed)|exit status" "$OUT/tests.log"
+  grep -E "^(FAILED|ERROR)" "$OUT/tests.log" | head -20
+  grep -E "ERROR SUMMARY|exit status" "$OUT/sanitizer.txt"
+  echo "benchmark exit status: $BENCH_RC"; tail -8 /tmp/gpurnn_bench.log
   [ -f "$OUT/bench.md" ] && cat "$OUT/bench.md"
 } > "$OUT/summary.txt" 2>&1
 cat "$OUT/summary.txt"

@@ -155,6 +155,7 @@ def test_several_shared_tiles(rng, monkeypatch, cell, algo):
     """A tiny staging tile (VT=24 elements) so h_{t-1} and dGh_{t+1} are staged in several
     tiles, as at large H on a GPU (the kernels are rebuilt: VT is part of their key)."""
     monkeypatch.setattr(K, "VT", 24)
+    monkeypatch.setattr(K, "PERSIST_VT", 24)
     be = CudaBackend(algo=algo, split_k=2 if algo == "persistent" else None,
                      rows_per_thread=2, poison=True)
     check_against_numpy(rng, cell, algo, T=3, B=2, I=2, H=13, lengths=np.array([3, 2]),
@@ -221,7 +222,7 @@ def test_auto_picks_persistent_when_it_fits_else_step(rng):
     if K.SIMULATOR:   # 48 KiB budget; the simulator's cooperative grid holds one block
         # LSTM H=64 float32: 4*64*64*4 B = 64 KiB > 48 KiB -> needs 2 blocks of 32 units
         algo, plan = be._plan(4, 2, 64, 4)
-        assert algo == "persistent" and plan[1] == 2 and plan[4]
+        assert algo == "persistent" and plan["blocks"] == 2 and plan["grid"]
         # H=56: 4*56*57*4 B = 50 KiB > 48 KiB -> 2 blocks, which cannot be co-resident
         # here: the step kernel runs and the plan says why
         fwd, bwd = _direct(rng, be, "lstm", T=1, B=2, I=2, H=56)
@@ -343,3 +344,116 @@ def test_auto_default_real_gpu(rng, cell):
     """The GPU defaults (KS up to 32, RB=4, the opt-in shared memory) for every cell."""
     check_against_numpy(rng, cell, "auto", T=6, B=5, I=7, H=64, lengths=np.array([6, 5, 3, 2, 1]),
                         truncate=4)
+
+
+# --------------------------------------------------------------- no silent fallback
+def test_fallback_warns_once_and_records_the_reason(rng, monkeypatch):
+    import warnings
+    from gpurnn.cuda import backend as cb
+    monkeypatch.delenv("GPURNN_STRICT", raising=False)
+    monkeypatch.setattr(cb, "_warned", set())
+    be = CudaBackend(algo="persistent", grid_sync=False, units_per_block=2, poison=True)
+    with pytest.warns(RuntimeWarning, match="grid_sync=False"):
+        fwd, bwd = _direct(rng, be, "gru", 2, 1, 2, 3)
+    for p in (fwd, bwd):
+        assert p["algorithm"] == "step" and "grid_sync=False" in p["declined"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")            # the same reason again: no second warning
+        _direct(rng, be, "gru", 2, 1, 2, 3)
+
+
+def test_strict_mode_raises_instead_of_falling_back(rng, monkeypatch):
+    from gpurnn.cuda import backend as cb
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    be = CudaBackend(algo="persistent", grid_sync=False, units_per_block=2, poison=True)
+    with pytest.raises(cb.FallbackError, match="GPURNN_STRICT"):
+        _direct(rng, be, "gru", 2, 1, 2, 3)
+    # nothing to fall back from: strict mode changes nothing
+    fwd, bwd = _direct(rng, CudaBackend(algo="step", poison=True), "gru", 2, 1, 2, 3)
+    assert fwd["algorithm"] == bwd["algorithm"] == "step"
+
+
+def test_bank_strides_are_conflict_free_where_padding_allows():
+    from gpurnn.cuda.backend import _bank_stride
+    # W rows of 2 units x 16 split-K lanes per warp: stride = 16 (mod 32)
+    s = _bank_stride(4 * 768, 16, 6, 4, 1, 1)
+    assert s >= 4 * 768 and s % 32 == 16
+    assert _bank_stride(100, 1, 1, 1, 1, 0) == 100
+
+
+@gpu
+@pytest.mark.skipif(K.SIMULATOR, reason="real GPU only: > 48 KB of dynamic shared memory")
+def test_lstm_h768_persistent_grid_over_48k_shared(rng, monkeypatch):
+    """LSTM B=16 H=768 T=8: the cooperative persistent plan with > 48 KB of dynamic shared
+    memory (the opt-in), gradients equal to the reference; strict: no fallback allowed."""
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    be = CudaBackend(algo="persistent", poison=True)
+    dev = check_against_numpy(rng, "lstm", "persistent", T=8, B=16, I=32, H=768, backend=be,
+                              expect="persistent-grid")
+    for p in _plans(dev, "forward") + _plans(dev, "backward"):
+        assert p["smem"] > 48 * 1024, p
+
+
+@pytest.mark.parametrize("cell,uf", [("lstm", 2), ("gru", 3)])
+def test_unrolled_dot_loops(rng, monkeypatch, cell, uf):
+    """The GPU build unrolls the persistent dot-product loops UF = 8 times with a guarded
+    tail (kernels.dot_source) and stages SU = 8 rows per pass (kernels.stage_source);
+    here UF = SU = 2 / 3 with split-K 2 and a tile cut, so the unrolled steps, the tail,
+    the ragged staging passes and several tiles all run against the reference."""
+    monkeypatch.setattr(K, "UF", uf)
+    monkeypatch.setattr(K, "SU", uf)          # stage(): rows per pass, ragged last pass
+    monkeypatch.setattr(K, "VT", 24)
+    monkeypatch.setattr(K, "PERSIST_VT", 24)
+    be = CudaBackend(algo="persistent", split_k=2, rows_per_thread=2, units_per_thread=2,
+                     poison=True)
+    dev = check_against_numpy(rng, cell, "persistent", T=3, B=3, I=2, H=7,
+                              lengths=np.array([3, 2, 1]), truncate=2, backend=be,
+                              expect="persistent-1block")
+    (bwd,) = _plans(dev, "backward")
+    assert bwd["JB"] == 2 and bwd["RB"] == 2
+
+
+def test_dot_source_is_unrolled_straight_line():
+    src = K.dot_source(4, 4, 4, 8, lambda g, r: r * 4 + g)
+    assert src.count("+=") == 64 and "for " not in src and "while" not in src
+
+
+# --------------------------------------------------------------- auto by measurement
+def test_autotune_cache_with_a_fake_timer(tmp_path):
+    from gpurnn.cuda.autotune import AutoTuner, shape_class
+    calls = []
+    cost = {"step": 3.0, "persistent": 1.0}
+
+    def timer(fn):
+        calls.append(fn())
+        return cost[calls[-1]]
+
+    path = str(tmp_path / "auto.json")
+    key = shape_class("lstm", 16, 768, "float32", "H200")
+    assert key == shape_class("lstm", 9, 513, "float32", "H200")      # one shape class
+    cands = {"step": lambda: "step", "persistent": lambda: "persistent"}
+    tu = AutoTuner(path, timer)
+    assert tu.choose(key, cands) == "persistent" and len(calls) == 2
+    assert tu.choose(key, cands) == "persistent" and len(calls) == 2     # cached
+    # a new process (new tuner) reads the winner from disk: no timing
+    assert AutoTuner(path, timer).choose(key, cands) == "persistent" and len(calls) == 2
+    # another class is timed once; the step kernel can win
+    cost.update(step=0.5)
+    key2 = shape_class("gru", 2, 64, "float32", "H200")
+    assert tu.choose(key2, cands) == "step" and len(calls) == 4
+    # no timer (simulator): unknown keys -> None (static rule), known ones still answered
+    assert AutoTuner(path).choose(shape_class("mgu", 1, 8, "float64"), cands) is None
+    assert AutoTuner(path).choose(key2, cands) == "step"
+    # a corrupt cache file is ignored and rewritten
+    open(path, "w").write("{not json")
+    cost.update(step=3.0)
+    assert AutoTuner(path, timer).choose(key, cands) == "persistent"
+    assert AutoTuner(path).cached(key) == "persistent"
+
+
+def test_auto_uses_the_static_rule_in_the_simulator(rng):
+    be = CudaBackend(algo="auto", poison=True)
+    if K.SIMULATOR:
+        assert be._tuner is None
+    fwd, bwd = _direct(rng, be, "gru", 2, 1, 2, 3)
+    assert fwd["algorithm"].startswith("persistent") or "auto" in fwd

@@ -26,9 +26,10 @@ Algorithm choice ``algo``:
                 else a cooperative grid of ceil(H/J) blocks that must be co-resident
                 (max_cooperative_grid_blocks); otherwise the step kernel runs and the
                 plan says why.
-  "auto"        "persistent" where it fits, else "step" (the persistent kernel removes T-1
-                launches and keeps W_hh on chip, so when it fits it is never slower in our
-                cost model: kernels_docs/cuda.md).
+  "auto"        on a GPU: the faster of the two, timed once per (cell, shape class, dtype)
+                and cached on disk (gpurnn.cuda.autotune); where no timing exists (the
+                simulator, GPURNN_AUTOTUNE=0) the static rule: "persistent" where it fits,
+                else "step".
 
 Plans: what ran is recorded per call, never on the backend object: tape["plan"] for the
 forward and DirectionGrads.plan for the backward, a dict with "algorithm" ("step",
@@ -37,7 +38,8 @@ persistent kernels "J", "blocks", "threads", "smem", "KS" (and "RB" in the forwa
 the step kernel "block", and "declined" (why) whenever the persistent kernel was requested
 or preferred (auto) but cannot run: it does not fit on chip, needs a grid the settings
 forbid, exceeds the compiled kernel's thread limit, or its blocks cannot be co-resident.
-Real errors raise; nothing falls back silently.
+Every such fallback warns once per reason (RuntimeWarning); GPURNN_STRICT=1 raises
+FallbackError instead. Real errors raise; nothing falls back silently.
 
 Streams: by default everything runs on Numba's default stream (and CuPy's current
 stream). ``with backend.use_stream(ptr):`` issues every kernel launch and device-array
@@ -45,6 +47,9 @@ copy of this backend on the CUDA stream whose raw handle is ``ptr`` (``cuda.exte
 the torch bridge passes torch's current stream), and CuPy work too.
 """
 import contextlib
+import functools
+import os
+import warnings
 import threading
 
 import numpy as np
@@ -59,6 +64,66 @@ MAX_THREADS = K.PERSIST_MAX_THREADS     # per persistent block (register cap: ke
 # One block (no grid sync) while a step's recurrent FMAs B*G*H*H stay under this: a grid
 # sync costs ~1-2 us (~2^18 FMAs of one SM), more than one SM needs for smaller steps.
 SINGLE_BLOCK_FMAS = 1 << 18
+
+
+@functools.lru_cache(maxsize=None)
+def _bank_stride(base, KS, ny, nz, mult, ydim):
+    """The smallest row stride >= base (padding < 32 elements) under which the lanes of
+    every warp of a persistent block (lane = ks + KS*(y + ny*z)) reading element
+    row*stride + ks, row = mult*y (ydim: the W layout, units) or mult*z (the tile layout,
+    row groups), hit as few 4-byte banks more than once as possible (0 conflicts where a
+    padding allows it; equal addresses are a broadcast, not a conflict)."""
+    nth = KS * ny * nz
+    best = None
+    for pad in range(32):
+        stride = base + pad
+        worst = 1
+        for w0 in range(0, nth, 32):
+            banks = {}
+            for lane in range(w0, min(nth, w0 + 32)):
+                ks, rest = lane % KS, lane // KS
+                y, z = rest % ny, rest // ny
+                addr = (y if ydim else z) * mult * stride + ks
+                banks.setdefault(addr % 32, set()).add(addr)
+            worst = max(worst, max(len(v) for v in banks.values()))
+        if best is None or worst < best[0]:
+            best = (worst, stride)
+        if worst == 1:
+            break
+    return best[1]
+
+
+class FallbackError(RuntimeError):
+    """GPURNN_STRICT=1 and the requested (or, under auto, preferred) persistent kernel
+    cannot run here: raised instead of falling back to the step kernel."""
+
+
+_warned = set()          # fallback reasons already warned about (once each per process)
+
+
+def strict():
+    """GPURNN_STRICT=1: a fallback raises FallbackError instead of warning."""
+    return os.environ.get("GPURNN_STRICT", "") not in ("", "0")
+
+
+def _opt_in_dynamic_smem(cufunc, nbytes):
+    """Raise a kernel's dynamic shared-memory limit above 48 KiB (the opt-in numba-cuda
+    never sets itself). Uses the driver binding numba-cuda's own
+    ``set_shared_memory_carveout`` uses (cuKernelSetAttribute on the function's handle);
+    if that API moved, raise a clear error instead of a stray AttributeError."""
+    try:
+        from numba.cuda.cudadrv.driver import binding, driver
+        attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        handle, dev = cufunc.handle, cufunc.device.id
+    except Exception as exc:       # numba-cuda internals moved
+        import numba
+        raise RuntimeError(
+            f"gpurnn: cannot opt in to {nbytes} B of dynamic shared memory (> 48 KiB) with "
+            f"numba {numba.__version__}: the driver binding gpurnn uses "
+            "(numba.cuda.cudadrv.driver.binding / driver.cuKernelSetAttribute, "
+            f"cufunc.handle) is not there ({type(exc).__name__}: {exc}); use algo='step' or "
+            "units_per_block small enough for 48 KiB, and report it") from exc
+    driver.cuKernelSetAttribute(attr, int(nbytes), handle, dev)
 
 
 def _cupy():
@@ -85,8 +150,10 @@ class CudaBackend:
     hidden units each persistent block owns; testing/tuning). grid_sync: force the
     cooperative (True) or single-block (False) persistent variant when both could run.
     split_k: force KS, the threads sharing one unit's dot product in the persistent kernels.
-    rows_per_thread: force RB, the batch rows each forward persistent thread applies a
-    weight to (register blocking; default 4 on a GPU, 1 in the simulator).
+    rows_per_thread: force RB, the batch rows each persistent thread applies a weight to
+    (register blocking, forward and backward; default 4 on a GPU, 1 in the simulator).
+    units_per_thread: force JB, the hidden units each backward persistent thread applies
+    a dGh value to (default 4 on a GPU, 1 in the simulator).
     poison: fill every buffer the backend allocates with NaN first (tests: unwritten
     elements then show up as NaN).
     """
@@ -94,7 +161,7 @@ class CudaBackend:
     dtypes = ("float32", "float64")
 
     def __init__(self, algo="auto", units_per_block=None, grid_sync=None, split_k=None,
-                 rows_per_thread=None, poison=False):
+                 rows_per_thread=None, units_per_thread=None, poison=False):
         if algo not in ("auto", "step", "persistent"):
             raise ValueError(f"algo: expected 'auto', 'step' or 'persistent', got {algo!r}")
         self.algo = algo
@@ -102,10 +169,17 @@ class CudaBackend:
         self.grid_sync = grid_sync
         self.split_k = split_k
         self.rows_per_thread = rows_per_thread
+        self.units_per_thread = units_per_thread
         self.poison = bool(poison)
         self._cp = _cupy()
         self.xp = self._cp if self._cp is not None else np
         self._tls = threading.local()          # .stream: the use_stream stream, per thread
+        # algo="auto" by measurement on a real GPU (gpurnn.cuda.autotune); the static
+        # rule in the simulator and with GPURNN_AUTOTUNE=0
+        self._tuner = None
+        if algo == "auto" and not K.SIMULATOR and os.environ.get("GPURNN_AUTOTUNE", "1") != "0":
+            from .autotune import AutoTuner, gpu_timer
+            self._tuner = AutoTuner(timer=gpu_timer)
 
     def __repr__(self):
         return f"CudaBackend(algo={self.algo!r})"
@@ -317,44 +391,50 @@ class CudaBackend:
     # ------------------------------------------------------------------ planning
     def _smem_budget(self, itemsize):
         """Dynamic shared memory a persistent block may use (bytes): the per-block limit
-        (opt-in maximum on a GPU, 227 KiB on an H100; 48 KiB in the simulator) minus the
-        static VT tile."""
+        (opt-in maximum on a GPU, 227 KiB on an H100/H200; 48 KiB in the simulator) minus
+        1 KiB (the persistent kernels have no static shared memory)."""
         limit = SMEM_DYN_LIMIT
         if not K.SIMULATOR:
             limit = max(limit, int(cuda.get_current_device().MAX_SHARED_MEMORY_PER_BLOCK_OPTIN))
-        return limit - K.VT * itemsize - 1024
+        return limit - 1024
 
-    def _plan(self, G, B, H, itemsize, rb=1):
-        """('step', reason) or ('persistent', (J, nblocks, threads, smem_bytes, grid, KS)).
-        reason: None when the step kernel was asked for, else why the persistent kernel
-        cannot run (it goes into the plan's "declined").
+    def _plan(self, G, B, H, itemsize, rb=1, jb=1, backward=False):
+        """('step', reason) or ('persistent', params dict). reason: None when the step
+        kernel was asked for, else why the persistent kernel cannot run (the plan's
+        "declined").
 
-        rb: rows per thread (register blocking; the forward kernel's RB, 1 for backward).
+        rb: rows per thread, jb: units per thread (backward only; register blocking).
+        params: J (units per block, a multiple of jb), blocks, block (KS, J/jb, ceil(B/rb)),
+        threads, smem (bytes), grid, KS, KT (inputs per staged tile of h / dGh: all of
+        them whenever they fit), WS / VS (bank-padded row strides of the W and tile
+        layouts), reduce ("shuffle", "shared" or "none").
 
-        J (units per block) is the largest that fits the shared-memory budget and 384
-        threads. J = H (one block, no grid sync) is kept when the step is small
-        (B*G*H*H <= SINGLE_BLOCK_FMAS; always in the simulator); otherwise J is capped at
-        ceil(H / #SMs) so the cooperative grid spreads over the whole GPU;
-        KS (threads per unit's dot product) is the largest power of two <= 32 that keeps
-        ceil(B/RB)*J*KS <= 384 threads and the partial sums (G*RB per thread) inside the
-        budget (1 in the simulator, where every thread costs ~0.2 ms, unless split_k is
+        J is the largest that fits the shared-memory budget and 384 threads. J = H (one
+        block, no grid sync) is kept when the step is small (B*G*H*H <= SINGLE_BLOCK_FMAS;
+        always in the simulator); otherwise J is capped at ceil(H / #SMs) so the
+        cooperative grid spreads over the whole GPU; KS (threads per dot product) is the
+        largest power of two <= 32 that keeps the block <= 384 threads and >= 8 inputs per
+        thread (1 in the simulator, where every thread costs ~0.2 ms, unless split_k is
         given).
         """
         if self.algo == "step":
             return "step", None
         budget = self._smem_budget(itemsize)
-        per_unit = (G * H + 1) * itemsize
-        groups = -(-B // rb)                       # row groups of rb rows
-        if per_unit > budget:
-            return "step", (f"one hidden unit's W_hh slice ({per_unit} B) exceeds the "
-                            f"shared-memory budget ({budget} B)")
+        K_len = G * H if backward else H            # length of each dot product
+        groups = -(-B // rb)
+        NR = groups * rb
+        per_unit = (G * H + 32) * itemsize          # a unit's W slice, padded
+        tile_min = NR * (min(K_len, 32) + 32) * itemsize
+        if per_unit * jb + tile_min > budget:
+            return "step", (f"one hidden unit's W_hh slice ({per_unit} B) and a minimal "
+                            f"tile exceed the shared-memory budget ({budget} B)")
         if groups > MAX_THREADS:
             return "step", (f"{groups} row groups of {rb} rows exceed {MAX_THREADS} threads "
                             "per block")
-        J = min(budget // per_unit, MAX_THREADS // groups, H)
+        J = min((budget - tile_min) // per_unit, jb * (MAX_THREADS // groups), H)
         if self.units_per_block is not None:
             J = max(1, min(J, int(self.units_per_block)))
-        single = J == H and self.grid_sync is not True and (
+        single = J >= H and self.grid_sync is not True and (
             K.SIMULATOR or self.grid_sync is False or self.units_per_block is not None
             or B * G * H * H <= SINGLE_BLOCK_FMAS)
         if not single and self.units_per_block is None and not K.SIMULATOR:
@@ -362,34 +442,51 @@ class CudaBackend:
             J = max(1, min(J, -(-H // nsm)))      # spread the units over every SM
         nblk = -(-H // J)
         J = -(-H // nblk)
+        J = -(-J // jb) * jb                       # whole unit groups
+        if J > H and J - jb >= 1 and -(-H // (J - jb)) == nblk:
+            J -= jb
+        nblk = -(-H // J)
+        jg = J // jb
         if self.split_k is not None:
             KS = int(self.split_k)
         elif K.SIMULATOR:
             KS = 1
         else:
             KS = 32                                # >= 8 inputs per thread
-            while KS > 1 and (groups * J * KS > MAX_THREADS or KS > max(1, H // 8)):
+            while KS > 1 and (groups * jg * KS > MAX_THREADS or KS > max(1, K_len // 8)):
                 KS //= 2
+        nacc = (jb if backward else G) * rb
         while True:
-            threads = -(-(groups * J * KS) // 32) * 32
-            smem = (J * (G * H + 1) + (G * rb * threads if KS > 1 else 0)) * itemsize
-            if smem <= budget or KS == 1:
+            threads = groups * jg * KS
+            red = nacc * threads if KS > 1 and not K.uses_shuffle(KS) else 0
+            WS = _bank_stride(G * H, KS, jg, groups, jb, 1)
+            avail = budget // itemsize - J * WS - red
+            KT = min(K_len, max(1, K.PERSIST_VT // NR), avail // NR - 32)
+            if KT >= 1 or KS == 1:
                 break
             KS //= 2
         if threads > MAX_THREADS:
             return "step", f"{threads} threads per block exceed {MAX_THREADS}"
+        if KT < 1:
+            return "step", (f"no tile of the {'dGh' if backward else 'h'} rows fits the "
+                            f"shared-memory budget ({budget} B) beside the W_hh slices")
+        VS = _bank_stride(KT, KS, jg, groups, rb, 0)
+        smem = (J * WS + NR * VS + red) * itemsize
         if smem > budget:
             return "step", f"{smem} B of shared memory exceed the budget ({budget} B)"
         grid = nblk > 1 if self.grid_sync is None else bool(self.grid_sync)
         if nblk > 1 and not grid:
             return "step", (f"needs a grid of {nblk} blocks and grid_sync=False forbids "
                             "the cooperative kernel")
-        return "persistent", (J, nblk, threads, smem, grid, KS)
+        return "persistent", dict(J=J, blocks=nblk, block=(KS, jg, groups), threads=threads,
+                                  smem=smem, grid=grid, KS=KS, KT=KT, WS=WS, VS=VS,
+                                  reduce=("none" if KS == 1 else
+                                          "shuffle" if K.uses_shuffle(KS) else "shared"))
 
     def _compiled(self, kern, args):
         return kern.compile(tuple(kern.typeof_pyval(a) for a in args))
 
-    def _prepare_gpu(self, kern, args, nblk, threads, smem, grid, static):
+    def _prepare_gpu(self, kern, args, nblk, block, threads, smem, grid):
         """On a GPU: opt in to > 48 KiB of dynamic shared memory, and check that the
         compiled kernel takes ``threads`` per block and that a cooperative grid of nblk
         blocks can be co-resident. Returns None (ready) or why the kernel cannot run."""
@@ -399,12 +496,18 @@ class CudaBackend:
         if threads > maxthreads:
             return (f"{threads} threads per block exceed the compiled kernel's limit "
                     f"({maxthreads}, from its registers)")
+        static = int(cufunc.attrs.shared)
         if smem + static > SMEM_DYN_LIMIT:
-            from numba.cuda.cudadrv.driver import binding, driver
-            attr = binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-            driver.cuKernelSetAttribute(attr, int(smem), cufunc.handle, cufunc.device.id)
+            _opt_in_dynamic_smem(cufunc, int(smem))
         if grid:
-            most = compiled.max_cooperative_grid_blocks(threads, smem)
+            most = compiled.max_cooperative_grid_blocks(block, smem)
+            if smem + static > SMEM_DYN_LIMIT and most == 0:
+                raise RuntimeError(
+                    f"gpurnn: {kern.py_func.__name__} needs {smem} B of dynamic shared "
+                    "memory; the opt-in (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES) "
+                    "was set but the occupancy calculator still fits no block: the "
+                    "numba-cuda in use handles the attribute differently (use "
+                    "algo='step' meanwhile and report it)")
             if nblk > most:
                 return (f"a cooperative grid of {nblk} blocks cannot be co-resident "
                         f"(at most {most})")
@@ -413,20 +516,21 @@ class CudaBackend:
     def _run_persistent(self, kern, dtype, params, args, plan):
         """Launch a persistent kernel; True if it ran (plan filled in), False with
         plan["declined"] set if it cannot run here. Real errors raise."""
-        J, nblk, threads, smem, grid, KS = params
+        nblk, block, threads, smem, grid = (params[k] for k in
+                                            ("blocks", "block", "threads", "smem", "grid"))
         if K.SIMULATOR:
             most = kern.overloads[None].max_cooperative_grid_blocks(threads) if grid else nblk
             why = (None if nblk <= most else
                    f"a cooperative grid of {nblk} blocks cannot be co-resident (at most {most})")
         else:
-            why = self._prepare_gpu(kern, args, nblk, threads, smem, grid,
-                                    K.VT * np.dtype(dtype).itemsize)
+            why = self._prepare_gpu(kern, args, nblk, block, threads, smem, grid)
         if why is not None:
-            plan["declined"] = "persistent: " + why
+            self._decline(plan, why)
             return False
-        self._launch(kern, nblk, threads, smem)(*args)
+        self._launch(kern, nblk, block, smem)(*args)
         plan.update(algorithm="persistent-grid" if grid else "persistent-1block",
-                    J=J, blocks=nblk, threads=threads, smem=smem, KS=KS)
+                    **{k: params[k] for k in ("J", "blocks", "block", "threads", "smem", "KS",
+                                              "KT", "WS", "VS", "reduce")})
         return True
 
     def _run_step(self, kern, B, H, steps, args_fn, plan):
@@ -439,11 +543,61 @@ class CudaBackend:
             launch(*args_fn(t))
         plan.update(algorithm="step", block=(bx, by))
 
+    def _measured(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
+        """auto on a GPU: the step or the persistent kernel, whichever ran forward +
+        backward faster for this (cell, shape class, dtype), timed once and cached on disk
+        (gpurnn.cuda.autotune). Returns (algo, the plan's "auto" note)."""
+        from .autotune import shape_class
+        T, B = int(x.shape[0]), int(x.shape[1])
+        H = int(w_hh.shape[1])
+        dev = cuda.get_current_device().name
+        key = shape_class(spec.name, B, H, np.dtype(x.dtype).name,
+                          dev.decode() if isinstance(dev, bytes) else str(dev))
+
+        def trial(algo):
+            be = CudaBackend(algo=algo, units_per_block=self.units_per_block,
+                             grid_sync=self.grid_sync, split_k=self.split_k,
+                             rows_per_thread=self.rows_per_thread,
+                             units_per_thread=self.units_per_thread)
+
+            def run():
+                out, _, tape = be.forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths)
+                be.backward(tape, self.xp.ones((T, B, H), x.dtype), None, None)
+            return run
+
+        win = self._tuner.choose(key, {"step": trial("step"), "persistent": trial("persistent")})
+        if win is None:
+            return "persistent", "static rule (no timing)"
+        return win, f"measured ({key}): {win}"
+
+    def _rb(self, B, G=None):
+        """RB: rows per persistent thread (forward: G given, kernels.persist_rb(G))."""
+        dflt = K.PERSIST_RB if G is None else K.persist_rb(G)
+        rb = self.rows_per_thread or (1 if K.SIMULATOR else dflt)
+        return max(1, min(int(rb), B))
+
+    def _jb(self, H):
+        jb = self.units_per_thread or (1 if K.SIMULATOR else K.PERSIST_JB)
+        return max(1, min(int(jb), H))
+
     def _new_plan(self, reason):
         plan = {"algorithm": None, "requested": self.algo}
         if reason is not None:
-            plan["declined"] = "persistent: " + reason
+            self._decline(plan, reason)
         return plan
+
+    def _decline(self, plan, reason):
+        """A fallback to the step kernel: the reason goes into the plan, and is warned
+        about once per process (GPURNN_STRICT=1: raises FallbackError instead)."""
+        msg = "persistent: " + reason
+        plan["declined"] = msg
+        text = (f"gpurnn cuda (algo={self.algo!r}): the persistent kernel cannot run, "
+                f"running the step kernel instead ({msg})")
+        if strict():
+            raise FallbackError(text + "; GPURNN_STRICT=1 forbids the fallback")
+        if msg not in _warned:
+            _warned.add(msg)
+            warnings.warn(text, RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------------ forward
     def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
@@ -471,19 +625,24 @@ class CudaBackend:
         act = self._empty(T * B * V * H, dtype) if V else self._zeros(1, dtype)
         out = self._empty(T * B * H, dtype)
 
-        rb = self.rows_per_thread or (1 if K.SIMULATOR else K.PERSIST_RB)
-        rb = max(1, min(int(rb), B))
+        rb = self._rb(B, G)
         algo, params = self._plan(G, B, H, dtype.itemsize, rb)
         plan = self._new_plan(params if algo == "step" else None)
-        bufs = self._nb(gx, wt, bhh, lens, st, act, out)
+        auto_step = False
+        if algo == "persistent" and self._tuner is not None:
+            algo, plan["auto"] = self._measured(spec, x, w_ih, w_hh, b_ih, b_hh, state0,
+                                                lengths)
+            auto_step = algo == "step"
         ran = False
         if algo == "persistent":
-            kern = K.fwd_persist_kernel(spec, dtype, params[4], rb)
-            ran = self._run_persistent(kern, dtype, params, (T, B, H, params[0], params[5]) + bufs,
-                                       plan)
+            kern = K.fwd_persist_kernel(spec, dtype, params["grid"], rb, params["KS"])
+            args = (T, B, H, params["KT"], params["WS"], params["VS"]) + self._nb(
+                gx, whh, bhh, lens, st, act, out)
+            ran = self._run_persistent(kern, dtype, params, args, plan)
             if ran:
                 plan["RB"] = rb
         if not ran:
+            bufs = self._nb(gx, wt, bhh, lens, st, act, out)
             self._run_step(K.fwd_step_kernel(spec, dtype), B, H, range(T),
                            lambda t: (t, T, B, H) + bufs, plan)
 
@@ -491,7 +650,7 @@ class CudaBackend:
         out_x = self._out(out, 0, (T, B, H))
         state_n = tuple(self._out(st, s * n + T * B * H, (B, H)) for s in range(S))
         tape = dict(spec=spec, T=T, B=B, I=I, H=H, dtype=dtype, x=xd, w_ih=wih, w_hh=whh,
-                    lens=lens, st=st, act=act, has_bias=(b_ih is not None, b_hh is not None),
+                    wt=wt, auto_step=auto_step, lens=lens, st=st, act=act, has_bias=(b_ih is not None, b_hh is not None),
                     plan=plan)
         return out_x, state_n, tape
 
@@ -512,14 +671,20 @@ class CudaBackend:
         ds0 = self._empty(S * B * H, dtype)
         w, lens, st, act = tape["w_hh"], tape["lens"], tape["st"], tape["act"]
 
-        algo, params = self._plan(G, B, H, dtype.itemsize)
+        rb, jb = self._rb(B), self._jb(H)
+        algo, params = self._plan(G, B, H, dtype.itemsize, rb, jb, backward=True)
         plan = self._new_plan(params if algo == "step" else None)
+        if algo == "persistent" and tape.get("auto_step"):
+            algo, plan["auto"] = "step", "measured: step (the forward's timing)"
         ran = False
         if algo == "persistent":
-            bufs = self._nb(dgh, dgx, w, lens, st, act, dd, dsn, ds0)
-            kern = K.bwd_persist_kernel(spec, dtype, params[4])
-            ran = self._run_persistent(kern, dtype, params,
-                                       (T, B, H, params[0], params[5], trunc) + bufs, plan)
+            bufs = self._nb(dgh, dgx, tape["wt"], lens, st, act, dd, dsn, ds0)
+            kern = K.bwd_persist_kernel(spec, dtype, params["grid"], rb, params["KS"], jb)
+            tph = T % trunc if trunc > 0 else 0
+            args = (T, B, H, params["KT"], params["WS"], params["VS"], trunc, tph) + bufs
+            ran = self._run_persistent(kern, dtype, params, args, plan)
+            if ran:
+                plan.update(RB=rb, JB=jb)
         if not ran:
             dsc = self._empty(S * B * H, dtype)
             a = self._nb(dgh, dgx, w, lens, st, act, dd, dsc, dsn, ds0)

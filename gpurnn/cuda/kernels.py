@@ -27,22 +27,28 @@ at import.
 Versions:
   fwd_step / bwd_step      one launch per timestep; block (BX units, BY batch rows);
                            the operand vector (h_{t-1} / dGh_{t+1}) staged in shared tiles.
-  fwd_persist / bwd_persist one launch for the whole sequence; block k keeps the W_hh
-                           columns of its J hidden units in dynamic shared memory for all
-                           T steps; KS threads split each unit's dot product (split-K,
-                           partial sums tree-reduced in shared memory); the forward applies
-                           each weight to RB batch rows (register blocking); grid=True:
-                           cooperative multi-block launch with cuda.cg.this_grid().sync()
-                           between steps; grid=False: the single-block variant.
+  fwd_persist / bwd_persist one launch for the whole sequence (v2); block k keeps the
+                           W_hh slice of its J hidden units in dynamic shared memory for
+                           all T steps; block (KS, J/JB, ceil(B/RB)): KS split-K lanes per
+                           dot product (warp-shuffle butterfly on a GPU, shared-memory
+                           tree in the simulator), register blocking over RB rows (and JB
+                           units in the backward); all of h_{t-1} / a dGh tile staged at
+                           once, no integer division, uint32 shared indices, dot loops
+                           unrolled UF times (dot_source); grid=True: cooperative
+                           multi-block launch with cuda.cg.this_grid().sync() between
+                           steps; grid=False: the single-block variant.
   gemm                     TS x TS tiles (TS = 8 in the simulator, 16 on a GPU).
 
 Run / test:
   pytest tests/test_cuda_backend.py          (simulator on CI, real GPU with GPURNN_REAL_GPU=1)
   python -m gpurnn.cuda.ptx_report           (sm_90 PTX for every kernel x cell, f64 check)
+  python -m gpurnn.cuda.sass_report          (sm_90 SASS: registers, spills, division
+                                              calls, FFMA ratio of the inner loops)
 
 Flat array arguments (all C-contiguous 1-D views of the shapes below):
   gx    (T, B, GH)      X W_ih^T + b_ih            wt   (H, GH)  W_hh transposed
-  w     (GH, H)         W_hh as stored (backward)  bhh  (GH,)    recurrent bias (zeros if none)
+  w     (GH, H)         W_hh as stored (bwd_step, fwd_persist)  bhh (GH,) recurrent bias
+                        (zeros if none); wt also feeds bwd_persist (rows = W_hh columns)
   lens  (B,) int32      valid steps per row
   st    (S, T+1, B, H)  states: st[:, 0] = state0, st[s, t+1] = state s after step t
   act   (T, B, V, H)    the cell's saves (size-1 dummy when V == 0)
@@ -62,6 +68,7 @@ import re
 import numpy as np
 from numba import config as _nb_config
 from numba import cuda
+from numba import int64, uint32
 
 from ..cells import CELLS, get_cell
 from ..cells.codegen import scalar_namespace
@@ -71,6 +78,10 @@ SIMULATOR = bool(_nb_config.ENABLE_CUDASIM)
 # the simulator; tests lower it to force several tiles). Read when a kernel is built.
 VT = 1024 if SIMULATOR else 4096
 TS = 8 if SIMULATOR else 16        # GEMM tile edge
+# elements per row of the persistent kernels' h / dGh tile at most (beside the shared-memory
+# budget): no cap on a GPU (all of h_{t-1} at once whenever it fits), VT in the simulator;
+# tests lower it to force several tiles
+PERSIST_VT = VT if SIMULATOR else 1 << 30
 
 _cache = {}
 _counter = itertools.count()
@@ -91,7 +102,14 @@ def _jit_opts():
 # spills of every persistent kernel x cell under that cap).
 PERSIST_MAX_THREADS = 384
 PERSIST_MAX_REGISTERS = (65536 // PERSIST_MAX_THREADS) // 8 * 8
-PERSIST_RB = 4          # rows per thread in fwd_persist on a GPU (register blocking)
+PERSIST_RB = 4          # rows per thread in the persistent kernels on a GPU (register blocking)
+PERSIST_JB = 4          # units per thread in bwd_persist on a GPU (register blocking)
+
+
+def persist_rb(G):
+    """Rows per thread of fwd_persist on a GPU: 4, or 8 for cells of <= 2 gates (G + RB
+    loads per G*RB FMAs: at G = 2, RB = 4 would be 0.75 loads per FMA)."""
+    return 8 if G <= 2 else PERSIST_RB
 
 
 def _kernel(fn, persistent=False):
@@ -154,14 +172,19 @@ def unit_source(spec):
     """Python source of fwd_unit / bwd_unit for ``spec`` (G, S, V unrolled). Globals the
     source expects: zero (typed 0), cell_fwd, cell_bwd (the spec's device functions).
 
-    fwd_unit(t, T, B, H, b, j, acc, ra, sreg, rs, gx, bhh, lens, act, out, st)
-        acc[ra + k] = gate k's recurrent sum (no bias yet), sreg[rs + s] = state s before
-        step t. Adds b_hh and Gx[t], runs the cell, writes act[t, b, :, j], out[t, b, j]
-        (0 past the row's length) and st[:, t+1, b, j]; leaves the state after step t in
-        sreg (unchanged past the row's length).
-    bwd_unit(t, T, B, H, b, j, ln, trunc, dreg, rd, dout, act, st, dgh, dgx, dst0)
+    fwd_gx(t, B, H, b, j, xr, rx, gx)
+        xr[rx + k] = Gx[t, b, k*H + j] (gate k's input pre-activation): issued early, before
+        the recurrent dot products, so the loads are in flight while they run (prefetch).
+    fwd_unit(t, T, B, H, b, j, ln, acc, ra, xr, rx, bh, sreg, rs, act, out, st)
+        acc[ra + k] = gate k's recurrent sum (no bias yet), xr[rx + k] its input part,
+        bh[k] = b_hh[k*H + j] (registers), sreg[rs + s] = state s before step t, ln = the
+        row's length. Runs the cell, writes act[t, b, :, j], out[t, b, j] (0 past the
+        row's length) and st[:, t+1, b, j]; leaves the state after step t in sreg
+        (unchanged past the row's length).
+    bwd_unit(t, T, B, H, b, j, ln, cut, dreg, rd, dout, act, st, dgh, dgx, dst0)
         dreg[rd + s] = dL/d state s after step t that does not come from dout[t] (for s = 0
-        including dGh_{t+1} W_hh); truncation cut; t = -1 writes dst0 (dL/d state0);
+        including dGh_{t+1} W_hh); truncation cut where ``cut`` (the caller's
+        t >= 0 and (t+1) % trunc == 0: no division here); t = -1 writes dst0 (dL/d state0);
         past the row's length writes zero gate gradients and leaves dreg; else the cell's
         backward writes
         dgh[t, b, :, j] (and dgx) and leaves the direct part of dL/d state_{t-1} in dreg.
@@ -172,12 +195,16 @@ def unit_source(spec):
     bsrc = spec.source("backward")
     L = []
     a = L.append
-    a("def fwd_unit(t, T, B, H, b, j, acc, ra, sreg, rs, gx, bhh, lens, act, out, st):")
+    a("def fwd_gx(t, B, H, b, j, xr, rx, gx):")
     a(f"    gb = (t * B + b) * {G} * H + j")
     for k in range(G):
-        a(f"    xg{k} = gx[gb + {k} * H]")
+        a(f"    xr[rx + {k}] = gx[gb + {k} * H]")
+    a("")
+    a("def fwd_unit(t, T, B, H, b, j, ln, acc, ra, xr, rx, bh, sreg, rs, act, out, st):")
     for k in range(G):
-        a(f"    hg{k} = acc[ra + {k}] + bhh[j + {k} * H]")
+        a(f"    xg{k} = xr[rx + {k}]")
+    for k in range(G):
+        a(f"    hg{k} = acc[ra + {k}] + bh[{k}]")
     for s in range(S):
         a(f"    s{s} = sreg[rs + {s}]")
     res = [f"n{s}" for s in range(S)] + [f"v{v}" for v in range(V)]
@@ -189,7 +216,7 @@ def unit_source(spec):
         for v in range(V):
             a(f"    act[sa + {v} * H] = v{v}")
     a("    o = (t * B + b) * H + j")
-    a("    if t < lens[b]:")
+    a("    if t < ln:")
     a("        out[o] = n0")
     a("    else:")
     a("        out[o] = zero")
@@ -200,9 +227,9 @@ def unit_source(spec):
         a(f"    st[o + B * H + {s} * ss] = n{s}")
         a(f"    sreg[rs + {s}] = n{s}")
     a("")
-    a("def bwd_unit(t, T, B, H, b, j, ln, trunc, dreg, rd, dout, act, st, dgh, dgx, dst0):")
+    a("def bwd_unit(t, T, B, H, b, j, ln, cut, dreg, rd, dout, act, st, dgh, dgx, dst0):")
     a("    # the cut only ever fires where step t+1 was a real step (t + 1 < ln <= T)")
-    a("    if t >= 0 and trunc > 0 and (t + 1) % trunc == 0 and t + 1 < ln:")
+    a("    if cut and t + 1 < ln:")
     for s in range(S):
         a(f"        dreg[rd + {s}] = zero")
     a("    p = b * H + j")
@@ -251,14 +278,16 @@ def _exec(src, label, namespace):
 
 
 def _unit(spec, dtype):
-    """Device functions (fwd_unit, bwd_unit, stage) for ``spec`` and ``dtype``: everything
-    one (row b, unit j) pair does at step t after the recurrent dot products (unit_source),
-    shared by the step and persistent kernels.
+    """Device functions (fwd_gx, fwd_unit, bwd_unit, stage) for ``spec`` and ``dtype``:
+    everything one (row b, unit j) pair does at step t after the recurrent dot products
+    (unit_source), shared by the step and persistent kernels.
 
-    stage(vsh, src, base, r0, nrows, B, K, k0, kt, stride, tid, nth)
-        the block's shared tile of the operand rows (h_{t-1} or dGh_{t+1}), see below.
+    stage(vsh, voff, src, base, r0, nrows, B, K, k0, kt, vs, lin, nth)
+        between two syncthreads: vsh[voff + rr*vs + kk] = src[base + (r0+rr)*K + k0+kk]
+        for rr < nrows, kk < min(kt, K - k0), 0 for rows >= B (the block's tile of h_{t-1}
+        or dGh_{t+1}). Rows outer, columns strided by the block: no integer division.
     """
-    key = ("unit",) + _spec_key(spec, dtype)
+    key = ("unit",) + _spec_key(spec, dtype) + (SU,)
     if key in _cache:
         return _cache[key]
     zero = np.dtype(dtype).type(0)
@@ -266,21 +295,49 @@ def _unit(spec, dtype):
     ns = _exec(unit_source(spec), f"units {spec.name!r} {np.dtype(dtype).name}",
                dict(zero=zero, cell_fwd=cell_fwd, cell_bwd=cell_bwd))
 
-    def stage(vsh, src, base, r0, nrows, B, K, k0, kt, stride, tid, nth):
-        # between two syncthreads: vsh[rr*stride + kk] = src[base + (r0+rr)*K + k0+kk] for
-        # rr < nrows, kk < kt, 0 outside the (B, K) matrix (the block's tile of h / dGh)
-        cuda.syncthreads()
-        for idx in range(tid, nrows * kt, nth):
-            rr = idx // kt
-            kk = idx - rr * kt
-            v = zero
-            if r0 + rr < B and k0 + kk < K:
-                v = src[base + (r0 + rr) * K + k0 + kk]
-            vsh[rr * stride + kk] = v
-        cuda.syncthreads()
+    stage = _stage_fn(zero, SU)
 
     # plain device functions: NVVM inlines them into every kernel anyway
-    _cache[key] = (_device(ns["fwd_unit"]), _device(ns["bwd_unit"]), _device(stage))
+    _cache[key] = (_device(ns["fwd_gx"]), _device(ns["fwd_unit"]), _device(ns["bwd_unit"]),
+                   _device(stage))
+    return _cache[key]
+
+
+SU = 1 if SIMULATOR else 8      # rows stage() loads at once (loads in flight per thread)
+
+
+def stage_source(su):
+    """Python source of ``stage`` (see _unit) with ``su`` tile rows per pass written out:
+    their su global loads are independent and in flight together (a row at a time would
+    make each thread wait one L2 round trip per element it stages)."""
+    L = ["def stage(vsh, voff, src, base, r0, nrows, B, K, k0, kt, vs, lin, nth):",
+         "    cuda.syncthreads()",
+         "    rr = 0",
+         "    while rr < nrows:"]
+    for e in range(su):
+        L += [f"        ok{e} = rr + {e} < nrows",
+              f"        ld{e} = ok{e} and r0 + rr + {e} < B",
+              f"        sb{e} = base + (r0 + rr + {e}) * K + k0",
+              f"        db{e} = voff + (rr + {e}) * vs"]
+    L += ["        # two exits (kt, and K - k0): a one-exit loop that LLVM unrolls would",
+          "        # compute its trip count with a 64-bit division",
+          "        kk = lin",
+          "        while kk < kt:",
+          "            if k0 + kk >= K:       # columns past K are never read",
+          "                break"]
+    for e in range(su):
+        L += [f"            v{e} = zero", f"            if ld{e}:", f"                v{e} = src[sb{e} + kk]"]
+    for e in range(su):
+        L += [f"            if ok{e}:", f"                vsh[db{e} + kk] = v{e}"]
+    L += ["            kk += nth", f"        rr += {su}", "    cuda.syncthreads()"]
+    return "\n".join(L) + "\n"
+
+
+def _stage_fn(zero, su):
+    key = ("stage", type(zero).__name__, su)
+    if key not in _cache:
+        ns = _exec(stage_source(su), f"stage x{su}", dict(zero=zero, cuda=cuda))
+        _cache[key] = ns["stage"]
     return _cache[key]
 
 
@@ -298,16 +355,18 @@ def fwd_step_kernel(spec, dtype):
     of hidden unit j of row b. Args: (t, T, B, H, gx, wt, bhh, lens, st, act, out).
     """
     spec = get_cell(spec)
-    key = ("fwd_step",) + _spec_key(spec, dtype) + (VT,)
+    key = ("fwd_step",) + _spec_key(spec, dtype) + (VT, SU)
     if key in _cache:
         return _cache[key]
     G, S, zero, nbt = _consts(spec, dtype)
     vt = VT
-    fwd_unit, _, stage = _unit(spec, dtype)
+    fwd_gx, fwd_unit, _, stage = _unit(spec, dtype)
 
     def fwd_step(t, T, B, H, gx, wt, bhh, lens, st, act, out):
         vsh = cuda.shared.array(vt, nbt)
         acc = cuda.local.array(G, nbt)
+        xr = cuda.local.array(G, nbt)
+        bh = cuda.local.array(G, nbt)
         sreg = cuda.local.array(S, nbt)
         j, b, b0, ty, by, tid, nth, active = step_geometry(B, H)
         GH = G * H
@@ -315,10 +374,12 @@ def fwd_step_kernel(spec, dtype):
         if kt > H:
             kt = H
         hrow = t * B * H                       # st[0, t]
+        if active:
+            fwd_gx(t, B, H, b, j, xr, 0, gx)   # in flight during the dot products
         for g in range(G):
             acc[g] = zero
         for k0 in range(0, H, kt):
-            stage(vsh, st, hrow, b0, by, B, H, k0, kt, kt, tid, nth)
+            stage(vsh, 0, st, hrow, b0, by, B, H, k0, kt, kt, tid, nth)
             if active:
                 n = H - k0
                 if n > kt:
@@ -334,116 +395,220 @@ def fwd_step_kernel(spec, dtype):
             ss = (T + 1) * B * H
             for s in range(S):
                 sreg[s] = st[p + s * ss]
-            fwd_unit(t, T, B, H, b, j, acc, 0, sreg, 0, gx, bhh, lens, act, out, st)
+            for g in range(G):
+                bh[g] = bhh[j + g * H]
+            fwd_unit(t, T, B, H, b, j, lens[b], acc, 0, xr, 0, bh, sreg, 0, act, out, st)
 
     _cache[key] = _kernel(fwd_step)
     return _cache[key]
 
 
-def fwd_persist_kernel(spec, dtype, grid, rb=1):
+def uses_shuffle(ks):
+    """Do the persistent kernels reduce their KS split-K partial sums with warp shuffles?
+    On a GPU for KS = 2, 4, 8, 16, 32 (the KS lanes of a pair are consecutive and aligned
+    inside one warp); in the simulator (no warp intrinsics) and for other KS, through
+    shared memory."""
+    ks = int(ks)
+    return (not SIMULATOR) and ks in (2, 4, 8, 16, 32)
+
+
+UF = 1 if SIMULATOR else 8      # unroll of the persistent dot-product loops (GPU); read
+                                # at build time (part of the kernels' cache keys)
+
+
+def dot_source(na, nr, uf, ks, acc_index, guard=False):
+    """Python source of ``dot(dyn, acc, wbase, vbase, ku)``: ``uf`` consecutive split-K
+    steps (inputs ku, ku+ks, ..., ku+(uf-1)*ks) of an (na x nr) register-blocked
+    outer product: acc[acc_index(a, r)] += dyn[wbase[a] + k] * dyn[vbase[r] + k],
+    written out (NVVM does not unroll a loop this large itself): all na + nr loads of a
+    step first, then its na*nr FMAs; every offset is a constant, so ptxas folds it into
+    the LDS instruction. Globals: o0 .. o{uf-1} = uint32(e*ks). guard: step e only
+    where ku + e*ks < n (ku and n uint32: a signed/unsigned comparison would be made in
+    float64 by Numba, .f64 in a float32 kernel) (the tail after the unrolled loop: straight-line code, no loop)."""
+    L = ["def dot(dyn, acc, wbase, vbase, ku, n):"]
+    for a in range(na):
+        L.append(f"    wb{a} = wbase[{a}] + ku")
+    for r in range(nr):
+        L.append(f"    vb{r} = vbase[{r}] + ku")
+    for e in range(uf):
+        ind = "    "
+        if guard:
+            L.append(f"    if ku + o{e} < n:")
+            ind = "        "
+        for a in range(na):
+            L.append(f"{ind}w{a}_{e} = dyn[wb{a} + o{e}]")
+        for r in range(nr):
+            L.append(f"{ind}h{r}_{e} = dyn[vb{r} + o{e}]")
+        for a in range(na):
+            for r in range(nr):
+                L.append(f"{ind}acc[{acc_index(a, r)}] += w{a}_{e} * h{r}_{e}")
+    return "\n".join(L) + "\n"
+
+
+def _dot(na, nr, uf, ks, acc_index, label, guard=False):
+    key = ("dot", na, nr, uf, ks, label, guard)
+    if key not in _cache:
+        ns = {f"o{e}": np.uint32(e * ks) for e in range(uf)}
+        _exec(dot_source(na, nr, uf, ks, acc_index, guard), f"dot {label} {na}x{nr}x{uf}", ns)
+        _cache[key] = _device(ns["dot"])
+    return _cache[key]
+
+
+def _log2(n):
+    return int(n).bit_length() - 1
+
+
+def fwd_persist_kernel(spec, dtype, grid, rb=1, ks=1):
     """The whole sequence in one launch (see module doc).
 
-    Launch: grid (ceil(H/J),), block ceil(B/RB)*J*KS threads (rounded up to a warp),
-    dynamic shared memory (J*(G*H+1) + G*RB*threads) elements (weight rows padded by one
-    element against bank conflicts between units). Thread tid works on pair
-    p = tid // KS: row group q = p // J (rows q*RB .. q*RB+RB-1, register-blocked: each
-    weight read from shared memory is applied to RB rows) and unit j = blockIdx.x*J + p % J;
-    split-K slice ks = tid % KS (inputs i = ks, ks+KS, ...). The KS partial sums meet in
-    shared memory; the ks = 0 thread owns the unit's gates, S states (registers) and writes.
-    Args: (T, B, H, J, KS, gx, wt, bhh, lens, st, act, out).
+    Launch: grid (ceil(H/J),), block (KS, J, ceil(B/RB)) threads: x = split-K slice ks,
+    y = local unit jl (j = blockIdx.x*J + jl), z = row group q (rows q*RB .. q*RB+RB-1,
+    register-blocked: each weight read from shared memory is applied to RB rows, and each
+    h value to the G gates). No integer division anywhere: the thread's roles are its
+    thread indices. Dynamic shared memory, in elements:
+        W    [0, J*WS)            W_hh rows of the block's units, (J, WS >= G*H): unit
+                                  jl, gate g, input i at jl*WS + g*H + i
+        V    [J*WS, +NR*VS)       tile of h_{t-1}: NR = blockDim.z*RB rows (rows >= B are
+                                  zero), KT inputs per tile, row stride VS >= KT (all of h
+                                  at once, KT = H, whenever it fits)
+        RED  [.., +G*RB*threads)  split-K partials, [u][thread] (only when KS > 1 and the
+                                  reduction is not by warp shuffles: uses_shuffle(KS))
+    WS and VS are padded on the host (backend._bank_stride) so the lanes of a warp hit
+    distinct banks. KS, RB, G, S are compile-time constants; the ks = 0 thread owns the
+    unit's gates, the RB x S states (registers) and the writes.
+    Args: (T, B, H, KT, WS, VS, gx, w, bhh, lens, st, act, out), w = W_hh (G*H, H).
     """
     spec = get_cell(spec)
-    key = ("fwd_persist",) + _spec_key(spec, dtype) + (bool(grid), int(rb), VT)
+    KS = int(ks)
+    key = ("fwd_persist",) + _spec_key(spec, dtype) + (bool(grid), int(rb), KS, UF, SU)
     if key in _cache:
         return _cache[key]
     G, S, zero, nbt = _consts(spec, dtype)
     GRID = bool(grid)
     RB = int(rb)
     NACC = G * RB
-    NST = S * RB
-    vt = VT
-    fwd_unit, _, stage = _unit(spec, dtype)
+    NPL = -(-RB // KS)                          # rows each of the KS lanes finishes
+    NPG = NPL * G
+    NST = S * NPL
+    SHUF = uses_shuffle(KS)
+    SMEMRED = KS > 1 and not SHUF
+    LOGKS = _log2(KS) if SHUF else 0
+    FULL = -1                                   # 0xffffffff as an int32 lane mask
+    fwd_gx, fwd_unit, _, stage = _unit(spec, dtype)
+    UFK = UF
+    dotu = _dot(G, RB, UFK, KS, lambda g, r: r * G + g, "fwd")
+    tail = _dot(G, RB, max(UFK - 1, 1), KS, lambda g, r: r * G + g, "fwd", guard=True)
 
-    def fwd_persist(T, B, H, J, KS, gx, wt, bhh, lens, st, act, out):
-        dyn = cuda.shared.array(0, nbt)        # W (J, GH+1 padded); partials (threads, G*RB)
-        vsh = cuda.shared.array(vt, nbt)       # (B, kt+1 padded) tile of h_{t-1}
+    def fwd_persist(T, B, H, KT, WS, VS, gx, w, bhh, lens, st, act, out):
+        dyn = cuda.shared.array(0, nbt)
         acc = cuda.local.array(NACC, nbt)      # (RB, G) accumulators (registers: constant)
-        sreg = cuda.local.array(NST, nbt)      # (RB, S) states
-        tid = cuda.threadIdx.x
-        nth = cuda.blockDim.x
+        mine = cuda.local.array(NPG, nbt)      # (NPL, G) sums of the rows this lane owns
+        xr = cuda.local.array(NPG, nbt)        # (NPL, G) Gx[t] prefetched
+        bh = cuda.local.array(G, nbt)          # b_hh of this unit
+        sreg = cuda.local.array(NST, nbt)      # (NPL, S) states
+        lnr = cuda.local.array(NPL, int64)     # row lengths (0: not a row of this lane)
+        wbase = cuda.local.array(G, uint32)    # shared-memory row bases of the G gates
+        vbase = cuda.local.array(RB, uint32)   # ... and of the RB rows of the tile
+        ks = cuda.threadIdx.x
+        jl = cuda.threadIdx.y
+        q = cuda.threadIdx.z
+        J = cuda.blockDim.y
+        NR = cuda.blockDim.z * RB
+        lin = ks + KS * (jl + J * q)
+        nth = KS * J * cuda.blockDim.z
         j0 = cuda.blockIdx.x * J
-        GH = G * H
-        WS = GH + 1                            # padded row: units jl, jl+1 hit other banks
-        RED = J * WS                           # offset of the (threads, G*RB) partial sums
-        for idx in range(tid, J * GH, nth):
-            jl = idx // GH
-            rem = idx - jl * GH
-            g = rem // H
-            i = rem - g * H
-            v = zero
-            if j0 + jl < H:
-                v = wt[i * GH + g * H + j0 + jl]
-            dyn[jl * WS + rem] = v
-        pair = tid // KS
-        ks = tid - pair * KS
-        q = pair // J
-        jl = pair - q * J
         j = j0 + jl
-        bq = q * RB                            # first row of this thread's group
-        active = bq < B and j < H
-        lead = active and ks == 0
-        kt = vt // B - 1                       # tile row stride kt+1 (padded); B <= 512
-        if kt > H:
-            kt = H
-        ks1 = kt + 1
+        GH = G * H
+        VOFF = J * WS
+        RED = VOFF + NR * VS
+        mask = FULL
+        if SHUF:
+            left = nth - (lin - (lin & 31))    # lanes of this (possibly partial) warp
+            if left < 32:
+                mask = (1 << left) - 1
+        for g in range(G):                     # rows of W_hh: coalesced over i
+            # dyn[u*WS + g*H + i] = w[(g*H + j0 + u)*H + i], 0 for units >= H
+            stage(dyn, g * H, w, g * H * H, j0, J, H, H, 0, H, WS, lin, nth)
+        # lane ks owns rows r = ks + KS*m (m < NPL) of the group: the pointwise work and
+        # its global round trips run in parallel over the KS lanes, not serially in one
+        bq = q * RB
         ss = (T + 1) * B * H
-        for r in range(RB):
+        for g in range(G):
+            v = zero
+            if j < H:
+                v = bhh[g * H + j]
+            bh[g] = v
+        for m in range(NPL):
+            r = ks + KS * m
+            ok = r < RB and bq + r < B and j < H
+            ln = 0
+            if ok:
+                ln = lens[bq + r]
+            lnr[m] = ln
             for s in range(S):
                 v = zero
-                if lead and bq + r < B:
+                if ok:
                     v = st[s * ss + (bq + r) * H + j]
-                sreg[r * S + s] = v
+                sreg[m * S + s] = v
         wb = jl * WS
+        vb = VOFF + bq * VS
         for t in range(T):
-            hrow = t * B * H
+            for m in range(NPL):               # prefetch: in flight during the dot products
+                if lnr[m] > 0:
+                    fwd_gx(t, B, H, bq + ks + KS * m, j, xr, m * G, gx)
             for u in range(NACC):
                 acc[u] = zero
-            for k0 in range(0, H, kt):
-                stage(vsh, st, hrow, 0, B, B, H, k0, kt, ks1, tid, nth)
-                if active:
-                    n = H - k0
-                    if n > kt:
-                        n = kt
-                    w0 = wb + k0
-                    for kk in range(ks, n, KS):
-                        w = w0 + kk
-                        for g in range(G):
-                            wv = dyn[w + g * H]
-                            for r in range(RB):
-                                hv = zero
-                                if bq + r < B:
-                                    hv = vsh[(bq + r) * ks1 + kk]
-                                acc[r * G + g] += wv * hv
-            if KS > 1:                          # tree over the KS slices of each pair
-                p0 = RED + tid * NACC
+            hrow = t * B * H
+            k0 = 0
+            while k0 < H:                      # tiles of KT inputs (one when KT = H)
+                stage(dyn, VOFF, st, hrow, 0, NR, B, H, k0, KT, VS, lin, nth)
+                n = H - k0
+                if n > KT:
+                    n = KT
+                w0 = wb + k0
+                # every thread runs the loop (zero weights / rows pad the edges): no
+                # divergence, and all lanes reach the shuffles below
+                # unsigned 32-bit indices: no negative-index wraparound code, 32-bit adds
+                for g in range(G):
+                    wbase[g] = uint32(w0 + g * H)
+                for r in range(RB):
+                    vbase[r] = uint32(vb + r * VS)
+                kk = ks
+                while kk + (UFK - 1) * KS < n:
+                    dotu(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
+                    kk += UFK * KS
+                if UFK > 1:                     # < UF steps left: guarded, no loop
+                    tail(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
+                k0 += KT
+            if SHUF:                            # butterfly over the KS lanes of the pair
                 for u in range(NACC):
-                    dyn[p0 + u] = acc[u]
+                    v = acc[u]
+                    for e in range(LOGKS):
+                        v += cuda.shfl_xor_sync(mask, v, KS >> (e + 1))
+                    acc[u] = v
+            elif SMEMRED:                       # tree through shared memory, [u][thread]
+                for u in range(NACC):
+                    dyn[RED + u * nth + lin] = acc[u]
                 span = KS
                 while span > 1:
-                    half = (span + 1) // 2
+                    half = (span + 1) >> 1
                     cuda.syncthreads()
-                    if active and ks < span - half:    # reads slots >= half, writes < half
-                        p1 = RED + (tid + half) * NACC
+                    if ks < span - half:        # reads slots >= half, writes < half
                         for u in range(NACC):
-                            acc[u] += dyn[p1 + u]
-                            dyn[p0 + u] = acc[u]
+                            acc[u] += dyn[RED + u * nth + lin + half]
+                            dyn[RED + u * nth + lin] = acc[u]
                     span = half
-            if lead:
-                for r in range(RB):
-                    b = bq + r
-                    if b < B:
-                        fwd_unit(t, T, B, H, b, j, acc, r * G, sreg, r * S, gx, bhh, lens,
-                                 act, out, st)
+                cuda.syncthreads()              # lane 0's totals to every lane of the pair
+                for u in range(NACC):
+                    acc[u] = dyn[RED + u * nth + lin - ks]
+            for r in range(RB):                 # constant r: selects, no local memory
+                if r % KS == ks:
+                    for g in range(G):
+                        mine[(r // KS) * G + g] = acc[r * G + g]
+            for m in range(NPL):
+                if lnr[m] > 0:
+                    fwd_unit(t, T, B, H, bq + ks + KS * m, j, lnr[m], mine, m * G, xr, m * G,
+                             bh, sreg, m * S, act, out, st)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -463,12 +628,12 @@ def bwd_step_kernel(spec, dtype):
     trunc = 0 means no truncation.
     """
     spec = get_cell(spec)
-    key = ("bwd_step",) + _spec_key(spec, dtype) + (VT,)
+    key = ("bwd_step",) + _spec_key(spec, dtype) + (VT, SU)
     if key in _cache:
         return _cache[key]
     G, S, zero, nbt = _consts(spec, dtype)
     vt = VT
-    _, bwd_unit, stage = _unit(spec, dtype)
+    _, _, bwd_unit, stage = _unit(spec, dtype)
 
     def bwd_step(t, T, B, H, trunc, dgh, dgx, w, lens, st, act, dout, dsc, dsn, ds0):
         vsh = cuda.shared.array(vt, nbt)
@@ -482,7 +647,7 @@ def bwd_step_kernel(spec, dtype):
                 kt = GH
             drow = (t + 1) * B * GH
             for k0 in range(0, GH, kt):
-                stage(vsh, dgh, drow, b0, by, B, GH, k0, kt, kt, tid, nth)
+                stage(vsh, 0, dgh, drow, b0, by, B, GH, k0, kt, kt, tid, nth)
                 if active:
                     n = GH - k0
                     if n > kt:
@@ -501,7 +666,8 @@ def bwd_step_kernel(spec, dtype):
         else:
             for s in range(S):
                 dreg[s] = dsn[s * BH + p]
-        bwd_unit(t, T, B, H, b, j, lens[b], trunc, dreg, 0, dout, act, st, dgh, dgx, ds0)
+        cut = t >= 0 and trunc > 0 and (t + 1) % trunc == 0
+        bwd_unit(t, T, B, H, b, j, lens[b], cut, dreg, 0, dout, act, st, dgh, dgx, ds0)
         if t >= 0:
             for s in range(S):
                 dsc[s * BH + p] = dreg[s]
@@ -510,90 +676,150 @@ def bwd_step_kernel(spec, dtype):
     return _cache[key]
 
 
-def bwd_persist_kernel(spec, dtype, grid):
-    """The whole reverse loop in one launch; W_hh[:, units of this block] in dynamic shared
-    memory, layout (J, GH+1 padded), then the (threads, 1) partial sums; split-K and thread
-    roles as fwd_persist (reduction over the GH gate pre-activations); the ks = 0 thread
-    carries the S state gradients in registers.
+def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
+    """The whole reverse loop in one launch.
 
-    Launch as fwd_persist, dynamic shared memory (J*(GH+1) + threads) elements.
-    Args: (T, B, H, J, KS, trunc, dgh, dgx, w, lens, st, act, dout, dsn, ds0).
+    Launch: grid (ceil(H/J),), block (KS, J/JB, ceil(B/RB)): x = split-K slice ks over the
+    GH gate gradients, y = unit group (JB units: jl = y*JB + u), z = row group (RB rows).
+    Each thread accumulates JB x RB carries (register blocking both ways: a weight read
+    from shared memory serves RB rows, a dGh value JB units). Dynamic shared memory:
+        W    [0, J*WS)           W_hh[:, units of this block]^T, (J, WS >= GH): unit u,
+                                 gate row k at u*WS + k (from wt = W_hh^T, coalesced)
+        V    [J*WS, +NR*VS)      tile of dGh_{t+1}, NR = blockDim.z*RB rows, KT per tile
+        RED  [.., +JB*RB*threads) split-K partials [u][thread] when not uses_shuffle(KS)
+    The ks = 0 thread carries the S state gradients of its JB x RB (unit, row) pairs in
+    registers across steps. KS, RB, JB, G, S are compile-time constants.
+    Args: (T, B, H, KT, WS, VS, trunc, tph, dgh, dgx, wt, lens, st, act, dout, dsn, ds0),
+    tph = T % trunc (0 without truncation): the phase of the cut at t = T-1.
     """
     spec = get_cell(spec)
-    key = ("bwd_persist",) + _spec_key(spec, dtype) + (bool(grid), VT)
+    KS, RB, JB = int(ks), int(rb), int(jb)
+    key = ("bwd_persist",) + _spec_key(spec, dtype) + (bool(grid), RB, KS, JB, UF, SU)
     if key in _cache:
         return _cache[key]
     G, S, zero, nbt = _consts(spec, dtype)
     GRID = bool(grid)
-    vt = VT
-    _, bwd_unit, stage = _unit(spec, dtype)
+    NACC = JB * RB
+    NPL = -(-NACC // KS)                       # (unit, row) pairs each of the KS lanes owns
+    NDREG = NPL * S
+    SHUF = uses_shuffle(KS)
+    SMEMRED = KS > 1 and not SHUF
+    LOGKS = _log2(KS) if SHUF else 0
+    FULL = -1
+    _, _, bwd_unit, stage = _unit(spec, dtype)
+    UFK = UF
+    dotu = _dot(JB, RB, UFK, KS, lambda u, r: u * RB + r, "bwd")
+    tail = _dot(JB, RB, max(UFK - 1, 1), KS, lambda u, r: u * RB + r, "bwd", guard=True)
 
-    def bwd_persist(T, B, H, J, KS, trunc, dgh, dgx, w, lens, st, act, dout, dsn, ds0):
-        dyn = cuda.shared.array(0, nbt)        # W^T slice (J, GH+1 padded); partials
-        vsh = cuda.shared.array(vt, nbt)       # (B, kt+1 padded) tile of dgh[t+1]
-        dreg = cuda.local.array(S, nbt)
-        tid = cuda.threadIdx.x
-        nth = cuda.blockDim.x
+    def bwd_persist(T, B, H, KT, WS, VS, trunc, tph, dgh, dgx, wt, lens, st, act, dout, dsn,
+                    ds0):
+        dyn = cuda.shared.array(0, nbt)
+        acc = cuda.local.array(NACC, nbt)        # (JB, RB)
+        dreg = cuda.local.array(NDREG, nbt)      # (NPL, S) carried state gradients
+        lnr = cuda.local.array(NPL, int64)       # row length of each owned pair (0: none)
+        bm = cuda.local.array(NPL, int64)        # its row
+        jm = cuda.local.array(NPL, int64)        # its unit
+        wbase = cuda.local.array(JB, uint32)
+        vbase = cuda.local.array(RB, uint32)
+        ks = cuda.threadIdx.x
+        jg = cuda.threadIdx.y
+        q = cuda.threadIdx.z
+        JG = cuda.blockDim.y
+        J = JG * JB
+        NR = cuda.blockDim.z * RB
+        lin = ks + KS * (jg + JG * q)
+        nth = KS * JG * cuda.blockDim.z
         j0 = cuda.blockIdx.x * J
         GH = G * H
-        WS = GH + 1
-        RED = J * WS
-        for idx in range(tid, J * GH, nth):
-            jl = idx // GH
-            k = idx - jl * GH
-            v = zero
-            if j0 + jl < H:
-                v = w[k * H + j0 + jl]
-            dyn[jl * WS + k] = v
-        pair = tid // KS
-        ks = tid - pair * KS
-        b = pair // J
-        jl = pair - b * J
-        j = j0 + jl
-        active = b < B and j < H
-        lead = active and ks == 0
-        kt = vt // B - 1
-        if kt > GH:
-            kt = GH
-        ks1 = kt + 1
-        p = b * H + j
+        VOFF = J * WS
+        RED = VOFF + NR * VS
+        mask = FULL
+        if SHUF:
+            left = nth - (lin - (lin & 31))
+            if left < 32:
+                mask = (1 << left) - 1
+        # columns of W_hh = rows of wt, coalesced: dyn[u*WS + k] = wt[(j0 + u)*GH + k]
+        stage(dyn, 0, wt, 0, j0, J, H, GH, 0, GH, WS, lin, nth)
+        jb0 = j0 + jg * JB                       # this thread's first unit
+        bq = q * RB
         BH = B * H
-        ln = 0
-        for s in range(S):
-            v = zero
-            if lead:
-                v = dsn[s * BH + p]
-            dreg[s] = v
-        if lead:
-            ln = lens[b]
-        wb = jl * WS
+        # lane ks owns the pairs a = ks + KS*m (unit jb0 + a // RB, row bq + a % RB): the
+        # pointwise backward runs in parallel over the KS lanes
+        for m in range(NPL):
+            a = ks + KS * m
+            b = bq + a % RB
+            j = jb0 + a // RB
+            ok = a < NACC and b < B and j < H
+            bm[m] = b
+            jm[m] = j
+            ln = 0
+            if ok:
+                ln = lens[b]
+            lnr[m] = ln
+            for s in range(S):
+                v = zero
+                if ok:
+                    v = dsn[s * BH + b * H + j]
+                dreg[m * S + s] = v
+        wb = jg * JB * WS
+        vb = VOFF + bq * VS
         for t in range(T - 1, -2, -1):
             if t + 1 < T:
+                for a in range(NACC):
+                    acc[a] = zero
                 drow = (t + 1) * B * GH
-                acc = zero
-                for k0 in range(0, GH, kt):
-                    stage(vsh, dgh, drow, 0, B, B, GH, k0, kt, ks1, tid, nth)
-                    if active:
-                        n = GH - k0
-                        if n > kt:
-                            n = kt
-                        vb = b * ks1
-                        w0 = wb + k0
-                        for kk in range(ks, n, KS):
-                            acc += dyn[w0 + kk] * vsh[vb + kk]
-                if KS > 1:                      # tree over the KS slices of each pair
-                    dyn[RED + tid] = acc
+                k0 = 0
+                while k0 < GH:
+                    stage(dyn, VOFF, dgh, drow, 0, NR, B, GH, k0, KT, VS, lin, nth)
+                    n = GH - k0
+                    if n > KT:
+                        n = KT
+                    w0 = wb + k0
+                    for u in range(JB):
+                        wbase[u] = uint32(w0 + u * WS)
+                    for r in range(RB):
+                        vbase[r] = uint32(vb + r * VS)
+                    kk = ks
+                    while kk + (UFK - 1) * KS < n:
+                        dotu(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
+                        kk += UFK * KS
+                    if UFK > 1:                     # < UF steps left: guarded, no loop
+                        tail(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
+                    k0 += KT
+                if SHUF:
+                    for a in range(NACC):
+                        v = acc[a]
+                        for e in range(LOGKS):
+                            v += cuda.shfl_xor_sync(mask, v, KS >> (e + 1))
+                        acc[a] = v
+                elif SMEMRED:
+                    for a in range(NACC):
+                        dyn[RED + a * nth + lin] = acc[a]
                     span = KS
                     while span > 1:
-                        half = (span + 1) // 2
+                        half = (span + 1) >> 1
                         cuda.syncthreads()
-                        if active and ks < span - half:
-                            acc += dyn[RED + tid + half]
-                            dyn[RED + tid] = acc
+                        if ks < span - half:
+                            for a in range(NACC):
+                                acc[a] += dyn[RED + a * nth + lin + half]
+                                dyn[RED + a * nth + lin] = acc[a]
                         span = half
-                dreg[0] += acc
-            if lead:
-                bwd_unit(t, T, B, H, b, j, ln, trunc, dreg, 0, dout, act, st, dgh, dgx, ds0)
+                    cuda.syncthreads()          # lane 0's totals to every lane
+                    for a in range(NACC):
+                        acc[a] = dyn[RED + a * nth + lin - ks]
+                for a in range(NACC):           # constant a: selects, no local memory
+                    if a % KS == ks:
+                        dreg[(a // KS) * S] += acc[a]
+            # truncation phase: (t+1) % trunc, kept by counting (no division per step)
+            cut = trunc > 0 and t >= 0 and tph == 0
+            if trunc > 0:
+                tph -= 1
+                if tph < 0:
+                    tph = trunc - 1
+            for m in range(NPL):
+                if lnr[m] > 0:
+                    bwd_unit(t, T, B, H, bm[m], jm[m], lnr[m], cut, dreg, m * S,
+                             dout, act, st, dgh, dgx, ds0)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -648,12 +874,19 @@ def gemm_kernel(dtype):
     return _cache[key]
 
 
-def all_kernels(cells=None):
+# compile-time parameters of the persistent kernels as the GPU plan picks them for the
+# LSTM fp32 B=16 configs (backend._plan): what the PTX/SASS reports compile
+REPORT_FWD = dict(rb=PERSIST_RB, ks=8)
+REPORT_BWD = dict(rb=PERSIST_RB, ks=8, jb=PERSIST_JB)
+
+
+def all_kernels(cells=None, dtypes=("float32", "float64")):
     """(name, kernel, kind, dtype) for every kernel version x every registered cell (or
     ``cells``) x float32/float64; kind in {'fwd_step', 'fwd_persist', 'bwd_step',
-    'bwd_persist', 'gemm'} picks the signature. Names: fwd_persist_grid_lstm_float32."""
+    'bwd_persist', 'gemm'} picks the signature. Names: fwd_persist_grid_lstm_float32.
+    The persistent kernels are built with REPORT_FWD (RB = persist_rb(G)) / REPORT_BWD."""
     out = []
-    for dtype in ("float32", "float64"):
+    for dtype in dtypes:
         for name in (list(CELLS) if cells is None else cells):
             spec = get_cell(name)
             tag = f"{spec.name}_{dtype}"
@@ -661,9 +894,12 @@ def all_kernels(cells=None):
             out.append((f"bwd_step_{tag}", bwd_step_kernel(spec, dtype), "bwd_step", dtype))
             for grid in (False, True):
                 g = "grid" if grid else "1block"
+                fw = dict(REPORT_FWD, rb=persist_rb(spec.n_gates))
                 out.append((f"fwd_persist_{g}_{tag}",
-                            fwd_persist_kernel(spec, dtype, grid, PERSIST_RB), "fwd_persist", dtype))
+                            fwd_persist_kernel(spec, dtype, grid, **fw), "fwd_persist",
+                            dtype))
                 out.append((f"bwd_persist_{g}_{tag}",
-                            bwd_persist_kernel(spec, dtype, grid), "bwd_persist", dtype))
+                            bwd_persist_kernel(spec, dtype, grid, **REPORT_BWD), "bwd_persist",
+                            dtype))
         out.append((f"gemm_{dtype}", gemm_kernel(dtype), "gemm", dtype))
     return out

@@ -46,12 +46,12 @@ def _signature(kind, dtype):
     lens = int32[::1]
     if kind == "fwd_step":        # (t, T, B, H, gx, wt, bhh, lens, st, act, out)
         return void(i, i, i, i, f, f, f, lens, f, f, f)
-    if kind == "fwd_persist":     # (T, B, H, J, KS, gx, wt, bhh, lens, st, act, out)
-        return void(i, i, i, i, i, f, f, f, lens, f, f, f)
+    if kind == "fwd_persist":     # (T, B, H, KT, WS, VS, gx, w, bhh, lens, st, act, out)
+        return void(i, i, i, i, i, i, f, f, f, lens, f, f, f)
     if kind == "bwd_step":        # (t, T, B, H, trunc, dgh, dgx, w, lens, st, act, dout, dsc, dsn, ds0)
         return void(i, i, i, i, i, f, f, f, lens, f, f, f, f, f, f)
-    if kind == "bwd_persist":     # (T, B, H, J, KS, trunc, dgh, dgx, w, lens, st, act, dout, dsn, ds0)
-        return void(i, i, i, i, i, i, f, f, f, lens, f, f, f, f, f)
+    if kind == "bwd_persist":     # (T, B, H, KT, WS, VS, trunc, tph, dgh, dgx, wt, lens, st, act, dout, dsn, ds0)
+        return void(i, i, i, i, i, i, i, i, f, f, f, lens, f, f, f, f, f)
     if kind == "gemm":
         return void(i, i, i, f, i, i, f, i, i, f, f, boolean)
     raise ValueError(kind)
@@ -71,26 +71,56 @@ def _ptxas():
 
 def _ptxas_info(ptxas, ptx, extra=()):
     """(registers, spill bytes, static smem bytes) from ptxas -v, or None."""
+    ok, text = ptxas_compile(ptxas, ptx, extra)
+    info = parse_ptxas(text) if ok else None
+    return None if info is None else (info[0], info[1], info[3])
+
+
+def ptxas_extra(kind):
+    """ptxas options a kernel is built with: the persistent kernels' register cap."""
+    from . import kernels as K
+    return (f"-maxrregcount={K.PERSIST_MAX_REGISTERS}",) if "persist" in kind else ()
+
+
+def compile_all(cells=None, dtypes=("float32", "float64"), lineinfo=False):
+    """Yield (name, kind, dtype, ptx) for every kernel (kernels.all_kernels), compiled
+    for sm_90 with cuda.compile_ptx: the one compile path of the PTX and SASS reports.
+    Call _patch_device() first (no GPU)."""
+    from numba import cuda
+    from . import kernels as K
+    for name, kern, kind, dtype in K.all_kernels(cells, dtypes):
+        ptx, _ = cuda.compile_ptx(kern.py_func, _signature(kind, dtype), cc=CC,
+                                  **({"lineinfo": True} if lineinfo else {}))
+        yield name, kind, dtype, ptx
+
+
+def ptxas_compile(ptxas, ptx, extra=(), cubin=None):
+    """Assemble ``ptx`` for sm_90 (relocatable, -v); returns (ok, ptxas log text) and
+    writes the cubin to ``cubin`` when given."""
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as fh:
             fh.write(ptx)
+        out = cubin or os.path.join(d, "k.cubin")
         try:
             # -c: relocatable (grid sync calls into cudadevrt, linked at load time)
             r = subprocess.run([ptxas, f"-arch=sm_{CC[0]}{CC[1]}", "-c", "-v", *extra, src,
-                                "-o", os.path.join(d, "k.cubin")],
-                               capture_output=True, text=True, timeout=120)
-        except (OSError, subprocess.SubprocessError):
-            return None
-    text = r.stdout + r.stderr
-    if r.returncode != 0:
-        return None
+                                "-o", out], capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            return False, str(exc)
+    return r.returncode == 0, r.stdout + r.stderr
+
+
+def parse_ptxas(text):
+    """(registers, spill bytes, stack bytes, static smem bytes) from a ptxas -v log."""
     regs = re.findall(r"Used (\d+) registers", text)
     smem = re.findall(r"(\d+) bytes smem", text)
     spill = re.findall(r"(\d+) bytes spill stores", text)
+    stack = re.findall(r"(\d+) bytes stack frame", text)
     if not regs:
         return None
-    return int(regs[-1]), int(spill[-1]) if spill else 0, int(smem[-1]) if smem else None
+    return (int(regs[-1]), int(spill[-1]) if spill else 0, int(stack[-1]) if stack else 0,
+            int(smem[-1]) if smem else None)
 
 
 def _declared(ptx):
@@ -126,13 +156,11 @@ def main(argv=None):
         print(f"ptx_report: SKIP numba-cuda's CUDA extra is missing ({exc})")
         return 3
     _patch_device()
-    from . import kernels as K
 
     ptxas = _ptxas()
     rows, bad = [], []
-    for name, kern, kind, dtype in K.all_kernels(args.cells.split(",") if args.cells else None):
-        ptx, _ = cuda.compile_ptx(kern.py_func, _signature(kind, dtype), cc=CC,
-                                  **({"lineinfo": True} if os.environ.get("GPURNN_LINEINFO") == "1" else {}))
+    for name, kind, dtype, ptx in compile_all(args.cells.split(",") if args.cells else None,
+                                              lineinfo=os.environ.get("GPURNN_LINEINFO") == "1"):
         if args.ptx_dir:
             os.makedirs(args.ptx_dir, exist_ok=True)
             with open(os.path.join(args.ptx_dir, name + ".ptx"), "w") as fh:
@@ -141,7 +169,7 @@ def main(argv=None):
         if dtype == "float32" and f64:
             bad.append((name, f64[:5]))
         # persistent kernels are built with max_registers (kernels.PERSIST_MAX_REGISTERS)
-        extra = (f"-maxrregcount={K.PERSIST_MAX_REGISTERS}",) if "persist" in kind else ()
+        extra = ptxas_extra(kind)
         info = _ptxas_info(ptxas, ptx, extra) if ptxas else None
         dregs, dsmem = _declared(ptx)
         dyn = "G*J*H*itemsize (dynamic)" if "persist" in kind else "0"
