@@ -4,7 +4,7 @@ import numpy as np
 import gpurnn
 
 ALL_CELLS = gpurnn.cells.TORCH_CELLS       # torch's four: the torch-style RNN/LSTM/GRU API
-EVERY_CELL = tuple(gpurnn.cells.names())   # every registered cell (gpurnn.Recurrent)
+EVERY_CELL = gpurnn.cells.BUILTIN_CELLS    # every cell gpurnn ships (gpurnn.Recurrent)
 
 
 def make_model(cell, input_size, hidden_size, **kw):

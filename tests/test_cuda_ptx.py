@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from gpurnn.cells import names
+from gpurnn.cells import BUILTIN_CELLS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,9 +37,9 @@ def test_ptx_sm90_no_f64_in_float32_kernels(tmp_path):
     rows = [ln for ln in body.splitlines() if ln.startswith("| ") and "_float" in ln]
     # every registered cell x (fwd/bwd step + fwd/bwd persistent x {1block, grid}) + gemm,
     # per dtype; names as fwd_persist_grid_lstm_float32
-    n = len(names())
+    n = len(BUILTIN_CELLS)
     assert len(rows) == 2 * (n * 6 + 1), body
-    for cell in names():
+    for cell in BUILTIN_CELLS:
         for kind in ("fwd_step", "bwd_step", "fwd_persist_1block", "fwd_persist_grid",
                      "bwd_persist_1block", "bwd_persist_grid"):
             assert f"| {kind}_{cell}_float32 |" in body, (kind, cell)

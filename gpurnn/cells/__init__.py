@@ -244,3 +244,5 @@ TORCH_CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")   # the cells torch.nn has
 
 
 from . import builtin  # noqa: E402,F401  (registers the built-in cells)
+
+BUILTIN_CELLS = tuple(names())   # the cells gpurnn ships, whatever a process registers later
