@@ -137,6 +137,22 @@ def f64_lines(ptx):
     return [ln.strip() for ln in ptx.splitlines() if ".f64" in ln]
 
 
+def compiler_unavailable(tool):
+    """0 when sm_90 code can be compiled here; else prints why and returns the exit code
+    (2: the simulator is on; 3: numba-cuda's CUDA extra (NVVM) is missing, a skip)."""
+    from numba import config
+    if config.ENABLE_CUDASIM:
+        print(f"{tool}: run with NUMBA_ENABLE_CUDASIM=0 (the simulator compiles nothing)")
+        return 2
+    try:
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+    except Exception as exc:   # CUDA extra (NVVM) missing
+        print(f"{tool}: SKIP numba-cuda's CUDA extra (NVVM) is missing ({exc})")
+        return 3
+    return 0
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", help="also write the Markdown table here")
@@ -144,17 +160,9 @@ def main(argv=None):
     ap.add_argument("--cells", help="comma-separated cell names (default: every registered cell)")
     args = ap.parse_args(argv)
 
-    from numba import config
-    if config.ENABLE_CUDASIM:
-        print("ptx_report: run with NUMBA_ENABLE_CUDASIM=0 (the simulator compiles no PTX)")
-        return 2
-    try:
-        from numba import cuda
-        from numba.cuda.cudadrv import nvvm
-        nvvm.NVVM()
-    except Exception as exc:   # CUDA extra (NVVM) missing
-        print(f"ptx_report: SKIP numba-cuda's CUDA extra is missing ({exc})")
-        return 3
+    code = compiler_unavailable("ptx_report")
+    if code:
+        return code
     _patch_device()
 
     ptxas = _ptxas()

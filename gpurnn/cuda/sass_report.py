@@ -198,16 +198,9 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float32,float64")
     ap.add_argument("--sass-dir", help="write each kernel's SASS here")
     args = ap.parse_args(argv)
-    from numba import config
-    if config.ENABLE_CUDASIM:
-        print("sass_report: run with NUMBA_ENABLE_CUDASIM=0 (the simulator compiles nothing)")
-        return 2
-    try:
-        from numba.cuda.cudadrv import nvvm
-        nvvm.NVVM()
-    except Exception as exc:
-        print(f"sass_report: SKIP numba-cuda's CUDA extra (NVVM) is missing ({exc})")
-        return 3
+    code = P.compiler_unavailable("sass_report")
+    if code:
+        return code
     missing = [n for n, p in (("ptxas (pip install nvidia-cuda-nvcc-cu12)", P._ptxas()),
                               ("nvdisasm (pip install nvidia-cuda-nvdisasm)", nvdisasm()))
                if not p]
