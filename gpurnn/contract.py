@@ -37,12 +37,19 @@ that a model never needs to know one backend's internals:
                        83 vs 46 ms at 2 threads, benchmarks/RESULTS_train.md); numpy and
                        cuda: nothing (contextlib.nullcontext).
 
+A fast path that cannot run is never skipped silently: the backend records why in the
+plan (tape["plan"]["declined"]) and calls ``decline(text)``, which warns once per reason
+per process, or raises FallbackError where GPURNN_STRICT=1 (a benchmark or a check that
+must know the fast path ran).
+
 Both are optional for a backend: call them through ``matmul(backend, a, b)`` and
 ``compute_scope(backend)`` below, which fall back to the defaults for a backend object
 that does not define them. ``HostBackend`` gives a backend on NumPy arrays (numpy, cpu)
 xp, asarray, to_user and the defaults in one place.
 """
 import contextlib
+import os
+import warnings
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -88,3 +95,26 @@ def compute_scope(backend):
     """``backend.compute_scope()``, or a context that does nothing where it has none."""
     own = getattr(backend, "compute_scope", None)
     return own() if own is not None else contextlib.nullcontext()
+
+
+class FallbackError(RuntimeError):
+    """GPURNN_STRICT=1 and a fast path (a kernel, a GEMM) that was asked for, or that
+    "auto" prefers, cannot run: raised instead of falling back."""
+
+
+def strict():
+    """GPURNN_STRICT=1: a fallback raises FallbackError instead of warning."""
+    return os.environ.get("GPURNN_STRICT", "") not in ("", "0")
+
+
+_warned = set()          # fallback texts already warned about (once each per process)
+
+
+def decline(text, stacklevel=4):
+    """A fast path falls back (the caller has put the reason in its plan): FallbackError
+    under GPURNN_STRICT=1, else a RuntimeWarning the first time this text is seen."""
+    if strict():
+        raise FallbackError(text + "; GPURNN_STRICT=1 forbids the fallback")
+    if text not in _warned:
+        _warned.add(text)
+        warnings.warn(text, RuntimeWarning, stacklevel=stacklevel)

@@ -18,6 +18,7 @@ from helpers import EVERY_CELL, assert_all_close, forward_backward
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
 T, I, H = 7, 5, 6                 # odd, distinct sizes so a transposed index cannot hide
 LENGTHS = np.array([7, 2, 5])     # full, short and middle rows (B = 3)
+LENGTHS_11 = np.array([7, 2, 5, 7, 1, 3, 7, 6, 4, 7, 2])     # the same for B = 11
 
 # option -> (constructor kwargs, run kwargs); "rows" takes B = 11 (the CPU's BLAS-step path)
 OPTIONS = {
@@ -32,6 +33,7 @@ OPTIONS = {
     "two_layers_bidirectional": ({"num_layers": 2, "bidirectional": True}, {}),
     "dropout": ({"num_layers": 2, "dropout": 0.4}, {}),
     "rows": ({}, {"batch": 11, "state": True, "truncate": 4}),
+    "rows_lengths": ({}, {"batch": 11, "lengths": LENGTHS_11, "truncate": 3}),
     "everything": ({"num_layers": 2, "bidirectional": True, "dropout": 0.3, "batch_first": True},
                    {"state": True, "lengths": LENGTHS, "truncate": 2}),
 }
@@ -56,7 +58,8 @@ def _cuda():
 BACKENDS = {
     "numpy-vectorised": (lambda: NumpyBackend(vectorised=True), tuple(OPTIONS)),
     "cpu": (_cpu, tuple(OPTIONS)),
-    "cpu-split": (_cpu_split, ("lengths_truncate", "rows", "everything")),
+    "cpu-split": (_cpu_split, ("lengths_truncate", "rows", "rows_lengths", "everything")),
+    "cpu-openblas": (lambda: _cpu(gemm="openblas"), ("rows", "rows_lengths")),
     "cuda": (_cuda, ("everything",)),
 }
 
@@ -97,7 +100,7 @@ def test_backend_matches_the_numpy_oracle(backend, cell, option, dtype, rng):
     model = gpurnn.Recurrent(cell, I, H, backend=impl, **kw)
     model.load_state_dict(oracle.state_dict())
     inputs = _inputs(oracle, rng, batch, run_kw.get("state", False))
-    lengths = run_kw.get("lengths") if batch == 3 else None
+    lengths = run_kw.get("lengths")
     expected = forward_backward(oracle, inputs, lengths, run_kw.get("truncate"))
     actual = forward_backward(model, inputs, lengths, run_kw.get("truncate"))
     assert_all_close(actual, expected, dtype, TOLERANCE[dtype])

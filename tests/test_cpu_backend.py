@@ -55,6 +55,92 @@ def test_large_batch_uses_blas_step_path(cell, dtype, transposed_fwd, rng):
     assert_all_close(*results, dtype, TOLERANCE[dtype])
 
 
+@pytest.mark.parametrize("gemm", ["mkl", "openblas"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_per_step_products_by_each_library(cell, gemm, rng):
+    """Both per-step product libraries of the "rows" path give the reference's results, and
+    the plan says which ran (float32; MKL's packed GEMM is float32 only)."""
+    from gpurnn.cpu import mkl
+    if gemm == "mkl" and not mkl.status()[0]:
+        pytest.skip(f"no MKL here: {mkl.status()[1]}")
+    batch = 11
+    cls, extra = CELLS[cell]
+    ref = cls(I, H, **extra, backend="numpy", dtype="float32", seed=5)
+    cpu = cls(I, H, **extra, backend=CpuBackend(poison=True, gemm=gemm), dtype="float32", seed=5)
+    cpu.load_state_dict(ref.state_dict())
+    lengths = rng.integers(1, T + 1, batch)
+    inputs = random_inputs(ref, rng, with_state=True, batch=batch)
+    results = [forward_backward(model, inputs, lengths, truncate=3) for model in (cpu, ref)]
+    assert_all_close(*results, "float32", TOLERANCE["float32"])
+    plan = cpu.last_plans["forward"][0][0]
+    assert plan["products"] == gemm and "declined" not in plan
+
+
+def test_mkl_gemm_matches_numpy(rng):
+    """mkl.gemm on C-ordered blocks and transposed views (as the backend passes them), and
+    the packed product with beta 0 and 1, against NumPy in float64."""
+    from gpurnn.cpu import mkl
+    if not mkl.status()[0]:
+        pytest.skip(f"no MKL here: {mkl.status()[1]}")
+    f32 = np.float32
+    a, b = rng.standard_normal((13, 7)).astype(f32), rng.standard_normal((7, 5)).astype(f32)
+    for x, y in ((a, b), (np.ascontiguousarray(a.T).T, b), (a, np.ascontiguousarray(b.T).T),
+                 (a[3:11], b)):
+        out = np.full((x.shape[0], 5), np.nan, f32)
+        mkl.gemm(x, y, out)
+        np.testing.assert_allclose(out, x.astype(float) @ y.astype(float), rtol=1e-5, atol=1e-5)
+    w = rng.standard_normal((5, 7)).astype(f32)          # B = w.T (7, 5)
+    c = rng.standard_normal((13, 5)).astype(f32)
+    for beta in (0.0, 1.0):
+        got = c.copy()
+        mkl.gemm_packed(a, mkl.pack_weights(w, True, 13), got, beta)
+        np.testing.assert_allclose(got, a.astype(float) @ w.T.astype(float) + beta * c,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_mkl_declined_is_recorded_and_strict_raises(rng, monkeypatch):
+    """No silent fallback: where MKL cannot run, "auto" says why in the plan (and warns
+    once); GPURNN_STRICT=1 raises; asking for gemm="mkl" outright is an error."""
+    from gpurnn import contract
+    from gpurnn.cpu import mkl
+    monkeypatch.setattr(mkl, "_library", lambda: (None, "no MKL (test)"))
+    monkeypatch.setattr(contract, "_warned", set())
+    monkeypatch.delenv("GPURNN_STRICT", raising=False)
+    x = rng.standard_normal((T, 11, I)).astype(np.float32)
+    model = gpurnn.LSTM(I, H, backend=CpuBackend(), dtype="float32")
+    with pytest.warns(RuntimeWarning, match="no MKL"):
+        model(x)
+    plan = model.last_plans["forward"][0][0]
+    assert plan["products"] == "openblas" and plan["declined"] == "mkl: no MKL (test)"
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    with pytest.raises(contract.FallbackError, match="no MKL"):
+        model(x)
+    with pytest.raises(RuntimeError, match="gemm='mkl'"):
+        gpurnn.LSTM(I, H, backend=CpuBackend(gemm="mkl"), dtype="float32")(x)
+    with pytest.raises(ValueError, match="gemm: expected one of"):
+        CpuBackend(gemm="blis")
+
+
+def test_results_are_bitwise_reproducible(rng):
+    """Same inputs, same thread count: the same bits, run after run (the MKL and OpenBLAS
+    paths alike; fastmath is limited to FMA contraction)."""
+    x = rng.standard_normal((T, 11, I)).astype(np.float32)
+    dout = rng.standard_normal((T, 11, H)).astype(np.float32)
+    for threads in (1, 2):
+        model = gpurnn.LSTM(I, H, backend=CpuBackend(threads=threads), dtype="float32", seed=3)
+        runs = []
+        for _ in range(3):
+            out, _ = model(x)
+            dx, _ = model.backward(dout)
+            runs.append((out.copy(), dx.copy(), {k: g.copy() for k, g in model.grads.items()}))
+            model.zero_grad()
+        for out, dx, grads in runs[1:]:
+            np.testing.assert_array_equal(out, runs[0][0])
+            np.testing.assert_array_equal(dx, runs[0][1])
+            for k in grads:
+                np.testing.assert_array_equal(grads[k], runs[0][2][k])
+
+
 def test_no_blas_call_inside_njit():
     """The backend uses one BLAS thread pool, NumPy's: np.dot/np.matmul inside njit would
     call SciPy's bundled OpenBLAS, a second pool that spins against NumPy's (kernels_docs/

@@ -349,9 +349,9 @@ def test_auto_default_real_gpu(rng, cell):
 # --------------------------------------------------------------- no silent fallback
 def test_fallback_warns_once_and_records_the_reason(rng, monkeypatch):
     import warnings
-    from gpurnn.cuda import backend as cb
+    from gpurnn import contract
     monkeypatch.delenv("GPURNN_STRICT", raising=False)
-    monkeypatch.setattr(cb, "_warned", set())
+    monkeypatch.setattr(contract, "_warned", set())
     be = CudaBackend(algo="persistent", grid_sync=False, units_per_block=2, poison=True)
     with pytest.warns(RuntimeWarning, match="grid_sync=False"):
         fwd, bwd = _direct(rng, be, "gru", 2, 1, 2, 3)

@@ -2,8 +2,12 @@
 
 Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_hh (G*H, H)):
 
-  forward   gx  = X W_ih^T                      GEMM over all T*B rows (kernels.gemm, NumPy's BLAS)
+  forward   gx  = X W_ih^T                      GEMM over all T*B rows (kernels.gemm)
             forward_part(...)                    per step h @ W_hh^T + njit fused cell (+ b_ih + b_hh)
+
+The GEMMs go to MKL where one is found and the layer is float32 (gpurnn.cpu.mkl: the
+per-step products by its packed GEMM, the big ones by its plain one, each part on one
+thread), else to NumPy's OpenBLAS; tape["plan"]["products"] says which ran.
   backward  backward_part(...)                   reverse steps, njit fused cell + dgh W_hh
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
 
@@ -24,7 +28,9 @@ DirectionGrads.plan) says how each call split.
 """
 import numpy as np
 
-from ..contract import DirectionGrads, HostBackend
+from ..contract import DirectionGrads, HostBackend, decline
+
+GEMMS = ("auto", "mkl", "openblas")
 
 
 class CpuBackend(HostBackend):
@@ -36,7 +42,11 @@ class CpuBackend(HostBackend):
                 capped at the cores this process may run on; NUMBA_NUM_THREADS or
                 numba.set_num_threads change it for every layer)
     split       kernels.SplitRules: when a call splits over threads
-    transposed_forward  the forward's per-step BLAS product (B > 8) as ghT = W_hh @ h^T,
+    gemm        the per-step products of the "rows" recurrence (B > 8): "mkl" (MKL's packed
+                GEMM, gpurnn.cpu.mkl; float32; an error where there is none), "openblas"
+                (NumPy's BLAS), "auto" (mkl where it can run; otherwise openblas, with the
+                reason in tape["plan"]["declined"]; GPURNN_STRICT=1 raises FallbackError)
+    transposed_forward  the forward's per-step OpenBLAS product as ghT = W_hh @ h^T,
                 measured faster for LSTM B=32 H=256 and B=64 H=512 once the copies were
                 tiled (Tuning log, benchmarks/RESULTS_cpu.md); False: h @ W_hh^T directly
                 (kept for comparisons; the tests run both)
@@ -44,11 +54,15 @@ class CpuBackend(HostBackend):
     name = "cpu"
     dtypes = ("float32", "float64")
 
-    def __init__(self, poison=False, threads=None, split=None, transposed_forward=True):
+    def __init__(self, poison=False, threads=None, split=None, transposed_forward=True,
+                 gemm="auto"):
         from .kernels import DEFAULT_SPLIT
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
                                     or threads < 1):
             raise ValueError(f"threads: expected None or an int >= 1, got {threads!r}")
+        if gemm not in GEMMS:
+            raise ValueError(f"gemm: expected one of {', '.join(map(repr, GEMMS))}, got {gemm!r}")
+        self.gemm = gemm
         self.poison = bool(poison)
         self.threads = threads
         self.split = DEFAULT_SPLIT if split is None else split
@@ -69,7 +83,8 @@ class CpuBackend(HostBackend):
         """a @ b, its rows split over this backend's threads, one-thread BLAS per part
         (kernels.split_matmul): the contract's matmul for code next to the layers."""
         from .kernels import split_matmul
-        return split_matmul(a, b, self.threads)
+        library = self._products(np.result_type(a, b))[0] if self.gemm != "openblas" else "openblas"
+        return split_matmul(a, b, self.threads, library)
 
     def compute_scope(self):
         """BLAS held to one thread while a model step runs (parallel.single_threaded_blas)."""
@@ -83,6 +98,31 @@ class CpuBackend(HostBackend):
             buf.fill(np.nan)
         return buf
 
+    def _products(self, dtype):
+        """("mkl" or "openblas", why mkl declined or None) for a float ``dtype`` layer."""
+        from . import mkl
+        if self.gemm == "openblas":
+            return "openblas", None
+        ok, text = mkl.status()
+        why = None if ok else text
+        if ok and dtype != np.float32:
+            why = f"{dtype}: MKL's packed GEMM here is float32 only"
+        if why is None:
+            return "mkl", None
+        if self.gemm == "mkl":
+            raise RuntimeError(f"gemm='mkl': cannot run: {why}")
+        return "openblas", why
+
+    @staticmethod
+    def _plan_record(plan, declined):
+        """What tape["plan"] says: the split, the products and (where "mkl" was declined for
+        a "rows" split, the only one it is for) why, which GPURNN_STRICT=1 turns into an error."""
+        record = {"split": plan.describe(), "products": plan.products}
+        if declined is not None and plan.kind == "rows":
+            record["declined"] = "mkl: " + declined
+            decline(f"gpurnn cpu: per-step products by OpenBLAS, not MKL ({declined})")
+        return record
+
     def _state(self, value, shape, dtype):
         """A fresh (B, H) buffer holding ``value`` (None = zeros)."""
         buf = self._empty(shape, dtype)
@@ -91,14 +131,15 @@ class CpuBackend(HostBackend):
 
     # ------------------------------------------------------------------ forward
     def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
-        from .kernels import Plan, gemm, recurrence_kernels, transpose
+        from .kernels import Plan, recurrence_kernels, transpose
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
         T, B, I = x.shape
         GH, H = w_hh.shape
         S, V, G = spec.n_states, spec.n_saves, spec.n_gates
         dtype = x.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
-        plan = Plan(T, B, H, GH, self._threads(), self.split)
+        products, declined = self._products(dtype)
+        plan = Plan(T, B, H, GH, self._threads(), self.split, products)
 
         gx = self._empty((T, B, GH), dtype)        # X W_ih^T, then saves 0..G-1 in place
         bias = np.zeros((2, GH), dtype)            # b_ih, b_hh: added in the fused cell pass
@@ -111,14 +152,14 @@ class CpuBackend(HostBackend):
         aux = self._empty((T, B, max(V - G, 0) * H), dtype)   # saves G..V-1
         out = self._empty((T, B, H), dtype)
         w_hh_t = None                              # W_hh^T for BLAS-step products (kept in the
-        if plan.kind == "rows":                    # tape for the backward's)
+        if plan.products == "openblas":            # tape for the backward's)
             w_hh_t = self._empty((H, GH), dtype)
             transpose(w_hh, w_hh_t)
         forward_part, _ = recurrence_kernels(spec, dtype.name)
         x2, gx2 = x.reshape(T * B, I), gx.reshape(T * B, GH)
 
         def part(p):
-            gemm(x2, w_ih.T, gx2, p, plan.nparts)              # gx = X W_ih^T, by rows
+            plan.gemm(x2, w_ih.T, gx2, p)                      # gx = X W_ih^T, by rows
             plan.meet(p)
             forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out,
                          self.transposed_forward)
@@ -127,12 +168,13 @@ class CpuBackend(HostBackend):
         tape = dict(spec=spec, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
                     acts=gx if V else np.empty((T, B, 0), dtype),   # a cell saving nothing
                     st=st, aux=aux, plan_split=plan,                # keeps no gx
-                    plan={"split": plan.describe()}, has_bias=(b_ih is not None, b_hh is not None))
+                    plan=self._plan_record(plan, declined),
+                    has_bias=(b_ih is not None, b_hh is not None))
         return out, tuple(st[s, T].copy() for s in range(S)), tape
 
     # ------------------------------------------------------------------ backward
     def backward(self, tape, dout, dstate_n, truncate):
-        from .kernels import gemm, recurrence_kernels
+        from .kernels import recurrence_kernels
         spec, x, w_ih, w_hh, st = (tape[k] for k in ("spec", "x", "w_ih", "w_hh", "st"))
         T, B, I = x.shape
         GH, H = w_hh.shape
@@ -157,9 +199,9 @@ class CpuBackend(HostBackend):
             backward_part(plan, p, tape["acts"], st, tape["aux"], w_hh, tape["w_hh_t"],
                           tape["lengths"], truncate, dout, ds, dgx, dgh)
             plan.meet(p)
-            gemm(dgx2, w_ih, dx.reshape(T * B, I), p, plan.nparts)   # dX = dG_x W_ih
-            gemm(dgx2.T, x2, dw_ih, p, plan.nparts)                  # dW_ih = dG_x^T X
-            gemm(dgh2.T, h_prev2, dw_hh, p, plan.nparts)             # dW_hh = dG_h^T H_prev
+            plan.gemm(dgx2, w_ih, dx.reshape(T * B, I), p)           # dX = dG_x W_ih
+            plan.gemm(dgx2.T, x2, dw_ih, p)                          # dW_ih = dG_x^T X
+            plan.gemm(dgh2.T, h_prev2, dw_hh, p)                     # dW_hh = dG_h^T H_prev
         plan.run(part)
         has_b_ih, has_b_hh = tape["has_bias"]
         db_ih = dgx2.sum(0) if has_b_ih else None
@@ -167,7 +209,8 @@ class CpuBackend(HostBackend):
         if has_b_hh:    # every gate tied: dgh is dgx, whose column sums db_ih already holds
             db_hh = db_ih.copy() if dgh is dgx and db_ih is not None else dgh2.sum(0)
         return DirectionGrads(dx=dx, dstate0=tuple(ds), dw_ih=dw_ih, dw_hh=dw_hh,
-                              db_ih=db_ih, db_hh=db_hh, plan={"split": plan.describe()})
+                              db_ih=db_ih, db_hh=db_hh,
+                              plan={**tape["plan"], "split": plan.describe()})
 
 
 def tape_nbytes(tape):

@@ -21,11 +21,14 @@ runs its own function call, all at once (Plan.run, parallel.run_parts):
     the products done by _accumulate_product on this part's 1/nparts of W_hh (which then
     stays in its core's L2), no BLAS; the parts meet at a spin barrier (sync.py) once per
     step, since every unit of step t+1 needs all of h_t.
-  * "rows", otherwise: part p owns a block of batch rows; its time loop is Python, per step
-    one ``np.matmul(..., out=buffer)`` (NumPy's OpenBLAS, one thread per part) and one njit
-    call of the fused pass (forward_step / backward_step). About 5 us of call overhead per
-    step (njit dispatch ~4 us, measured) against ~100+ us of work per step at B >= 32. Rows
-    are independent, so these parts never meet inside the loop.
+  * "rows", otherwise: part p owns a block of batch rows. Rows are independent, so these
+    parts never meet inside the loop. Products by one of:
+      "mkl"       (float32, an MKL found: gpurnn.cpu.mkl) the whole time loop is one njit
+                  call per part (forward_rows_mkl / backward_rows_mkl), each step's product
+                  by MKL's packed GEMM on a copy of W_hh packed once per call;
+      "openblas"  otherwise: a Python time loop, per step one ``np.matmul(..., out=buffer)``
+                  (NumPy's OpenBLAS, one thread per part) and one njit call of the fused
+                  pass (forward_step / backward_step), ~5 us of call overhead per step.
 No njit code here calls np.dot: inside njit that goes to SciPy's OpenBLAS, a second
 OpenBLAS thread pool whose busy-waiting workers fight NumPy's for the cores (training
 step 106 -> 46 ms at 2 threads once removed; kernels_docs/cpu.md, Threading).
@@ -75,7 +78,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cells.codegen import exec_source, scalar_namespace
-from . import fastmath, rows
+from . import fastmath, mkl, rows
 from .jit import stable_jit
 from .parallel import recurrence_threads, run_parts, single_threaded_blas
 from .sync import abort, barrier, meet, new_flags
@@ -301,23 +304,58 @@ def _step_loops(key, forward_row, backward_row):
         backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
                       dh_recT)
 
+    # ---- MKL's packed products (B > 8, float32, mkl.status()): the whole loop of a part's
+    # rows in one njit call, W_hh packed once per call (gpurnn.cpu.mkl)
+    @stable_jit(key, nogil=True)
+    def forward_rows_mkl(b0, b1, gx, packed, bias, lengths, st, aux, out):
+        """Rows b0..b1-1, every step: gh = h_{t-1} @ W_hh^T (packed: mkl.pack_weights(W_hh,
+        trans=True, b1 - b0)), then the fused cell."""
+        gh = np.empty((b1 - b0, gx.shape[2]), gx.dtype)
+        previous = mkl.one_thread()
+        for t in range(gx.shape[0]):
+            mkl.gemm_packed(st[0, t, b0:b1], packed, gh, 0.0)
+            fwd_rows(t, b0, b1, 0, st.shape[3], gx, gh, bias, lengths, st, aux, out)
+        mkl.restore_threads(previous)
+
+    @stable_jit(key, nogil=True)
+    def backward_rows_mkl(b0, b1, acts, st, aux, packed, lengths, truncate, dout, ds, dgx, dgh):
+        """Rows b0..b1-1, steps T-1..0: ds[0] += dgh[t+1] @ W_hh straight into ds (beta = 1;
+        rows past their length have dgh = 0, so they get nothing, as backward_step's mask
+        gives), then the cell backward of step t. packed: mkl.pack_weights(W_hh, False, rows)."""
+        T, H = dgx.shape[0], st.shape[3]
+        previous = mkl.one_thread()
+        for t in range(T - 1, -1, -1):
+            if t + 1 < T:
+                mkl.gemm_packed(dgh[t + 1, b0:b1], packed, ds[0, b0:b1], 1.0)
+            bwd_rows(t, b0, b1, 0, H, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh)
+        mkl.gemm_packed(dgh[0, b0:b1], packed, ds[0, b0:b1], 1.0)
+        mkl.restore_threads(previous)
+
     # ---- one part of a split recurrence (plan: a Plan, see below)
     def forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, st, aux, out, transposed):
-        """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
+        """w_hh_t: W_hh^T (C-contiguous) for "rows" with OpenBLAS products, else unused."""
         if plan.kind == "units":
             forward_small(part, plan.nparts, plan.step_flags, gx, w_hh,
                           plan.weight_copy(part, "columns", gx.dtype), bias, lengths, st, aux, out)
+        elif plan.products == "mkl":
+            b0, b1 = plan.rows(part)
+            forward_rows_mkl(b0, b1, gx, mkl.pack_weights(w_hh, True, b1 - b0), bias, lengths,
+                             st, aux, out)
         else:
             forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, bias, lengths, st, aux, out,
                               transposed)
 
     def backward_part(plan, part, acts, st, aux, w_hh, w_hh_t, lengths, truncate, dout, ds, dgx,
                       dgh):
-        """w_hh_t: W_hh^T (C-contiguous) for "rows", unused (None) for "units"."""
+        """w_hh_t: W_hh^T (C-contiguous) for "rows" with OpenBLAS products, else unused."""
         if plan.kind == "units":
             backward_small(part, plan.nparts, plan.step_flags, acts, st, aux, w_hh,
                            plan.weight_copy(part, "rows", dgx.dtype), lengths, truncate, dout, ds,
                            dgx, dgh, plan.partial)
+        elif plan.products == "mkl":
+            b0, b1 = plan.rows(part)
+            backward_rows_mkl(b0, b1, acts, st, aux, mkl.pack_weights(w_hh, False, b1 - b0),
+                              lengths, truncate, dout, ds, dgx, dgh)
         else:
             backward_rows_part(*plan.rows(part), acts, st, aux, w_hh_t, lengths, truncate, dout, ds,
                                dgx, dgh)
@@ -355,21 +393,30 @@ class Plan:
     kind "units": B <= 8 (``_is_small``), njit products, parts own hidden units and meet
                   at a spin barrier every step (``step_flags``; ``partial`` for the backward;
                   each part's copy of its share of W_hh from ``weight_copy``).
-    kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop.
+    kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop;
+                  ``products`` "mkl" (packed, the loop in njit) or "openblas" (per step
+                  from Python), as the backend chose (CpuBackend(gemm=...)).
     ``meet(part)`` is a barrier for the phases around the loop (a GEMM split by rows before
     or after it). With nparts > 1, ``blas()`` limits BLAS to one thread per part (each part
     calls BLAS itself), and BLAS worker threads are never woken: OpenBLAS's spin ~100 ms after
     each threaded call, and one on a core a part needs costs the part its time slices."""
 
-    def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT):
+    def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT, products="openblas"):
         self.B, self.H, self.GH = B, H, GH
         if T * B * GH * H < rules.split_macs:
             threads = 1
+        self.library = products          # the big GEMMs' BLAS (Plan.gemm)
         if _is_small(B, H, GH):
             self.kind, self.nparts = "units", max(1, min(threads, H // rules.units_per_part))
+            self.products = "njit"
         else:
             self.kind, self.nparts = "rows", max(1, min(threads, B // rules.rows_per_part))
+            self.products = products
         self._reset()
+
+    def gemm(self, a, b, out, part):
+        """This part's rows of out = a @ b (``gemm``) with this plan's BLAS library."""
+        gemm(a, b, out, part, self.nparts, self.library)
 
     def _reset(self):
         self.step_flags = new_flags(self.nparts)
@@ -423,18 +470,22 @@ class Plan:
             run_parts(guarded, self.nparts)
 
 
-def gemm(a, b, out, part=0, nparts=1):
-    """out = a @ b through NumPy's BLAS (np.matmul into ``out``), the one BLAS this backend
-    uses: no njit code calls np.dot (which would go to SciPy's OpenBLAS, a second thread
-    pool that spins against NumPy's; kernels_docs/cpu.md, Threading). With nparts > 1 this
-    part's share: rows M*part//nparts .. M*(part+1)//nparts of out.
+def gemm(a, b, out, part=0, nparts=1, library="openblas"):
+    """out = a @ b through NumPy's BLAS (np.matmul into ``out``), or MKL on this thread
+    where ``library`` is "mkl" (float32; gpurnn.cpu.mkl). No njit code calls np.dot (which
+    would go to SciPy's OpenBLAS, a second thread pool that spins against NumPy's;
+    kernels_docs/cpu.md, Threading). With nparts > 1 this part's share: rows
+    M*part//nparts .. M*(part+1)//nparts of out.
     a (M, K), b (K, N), out (M, N); C- or F-contiguous (a transposed view is fine)."""
     M = out.shape[0]
     r0, r1 = M * part // nparts, M * (part + 1) // nparts
-    np.matmul(a[r0:r1], b, out=out[r0:r1])
+    if library == "mkl" and out.dtype == np.float32:
+        mkl.gemm(a[r0:r1], b, out[r0:r1])
+    else:
+        np.matmul(a[r0:r1], b, out=out[r0:r1])
 
 
-def split_matmul(a, b, threads=None):
+def split_matmul(a, b, threads=None, library="openblas"):
     """a @ b with the rows of the result split over ``threads`` parts (default: the
     recurrence's thread count), each a one-thread BLAS call. For products next to the
     layers (an output layer) in a loop that uses backend="cpu": a threaded BLAS call there
@@ -444,7 +495,7 @@ def split_matmul(a, b, threads=None):
     out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
     nparts = max(1, min(nparts, a.shape[0] // 64))     # at least 64 rows a part
     with single_threaded_blas():
-        run_parts(lambda p: gemm(a, b, out, p, nparts), nparts)
+        run_parts(lambda p: gemm(a, b, out, p, nparts, library), nparts)
     return out
 
 

@@ -49,14 +49,13 @@ the torch bridge passes torch's current stream), and CuPy work too.
 import contextlib
 import functools
 import os
-import warnings
 import threading
 
 import numpy as np
 from numba import cuda
 
 from ..cells import get_cell
-from ..contract import DirectionGrads
+from ..contract import DirectionGrads, FallbackError, decline, strict  # noqa: F401 (re-exported)
 from . import kernels as K
 
 SMEM_DYN_LIMIT = 48 * 1024      # dynamic shared memory without the opt-in attribute
@@ -91,19 +90,6 @@ def _bank_stride(base, KS, ny, nz, mult, ydim):
         if worst == 1:
             break
     return best[1]
-
-
-class FallbackError(RuntimeError):
-    """GPURNN_STRICT=1 and the requested (or, under auto, preferred) persistent kernel
-    cannot run here: raised instead of falling back to the step kernel."""
-
-
-_warned = set()          # fallback reasons already warned about (once each per process)
-
-
-def strict():
-    """GPURNN_STRICT=1: a fallback raises FallbackError instead of warning."""
-    return os.environ.get("GPURNN_STRICT", "") not in ("", "0")
 
 
 def _opt_in_dynamic_smem(cufunc, nbytes):
@@ -591,13 +577,8 @@ class CudaBackend:
         about once per process (GPURNN_STRICT=1: raises FallbackError instead)."""
         msg = "persistent: " + reason
         plan["declined"] = msg
-        text = (f"gpurnn cuda (algo={self.algo!r}): the persistent kernel cannot run, "
-                f"running the step kernel instead ({msg})")
-        if strict():
-            raise FallbackError(text + "; GPURNN_STRICT=1 forbids the fallback")
-        if msg not in _warned:
-            _warned.add(msg)
-            warnings.warn(text, RuntimeWarning, stacklevel=4)
+        decline(f"gpurnn cuda (algo={self.algo!r}): the persistent kernel cannot run, "
+                f"running the step kernel instead ({msg})", stacklevel=5)
 
     # ------------------------------------------------------------------ forward
     def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
