@@ -26,6 +26,18 @@ def time_calls(fn, repeats, warmup=2):
     return times
 
 
+def layer_flops(T, B, I, H, G):
+    """FLOPs of the matrix products of one layer's forward + backward (G gates, I inputs, H
+    units, T steps, B sequences); the pointwise cell work (a few FLOPs per gate element) is
+    ignored. Each product is 2 x its multiply-adds."""
+    forward = 2 * T * B * I * G * H + 2 * T * B * H * G * H      # input projection, recurrence
+    backward = (2 * T * B * G * H * H                             # dh through W_hh
+                + 2 * T * B * G * H * H                           # dW_hh
+                + 2 * T * B * G * H * I                           # dW_ih
+                + 2 * T * B * G * H * I)                          # dX
+    return forward + backward
+
+
 def rel_err(a, b):
     """Normwise relative error ||a - b|| / ||b|| (absolute where b is zero)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
