@@ -46,7 +46,8 @@ def _cpu(**kw):
 
 def _cpu_split():
     from gpurnn.cpu.kernels import SplitRules
-    return _cpu(threads=2, split=SplitRules(units_per_part=1, rows_per_part=1, split_macs=0))
+    return _cpu(threads=2, split=SplitRules(units_per_part=1, rows_per_part=1, split_macs=0,
+                                            fit_free_cores=False))
 
 
 def _cuda():

@@ -6,6 +6,8 @@ units 0-15, 16-31 and a ragged 32-36; B=11 over 3 parts gives rows 0-2, 3-6, 7-1
 buffer is NaN before the kernels run (poison=True), so a part that skips its share fails.
 """
 import numba
+import os
+
 import numpy as np
 import pytest
 
@@ -22,7 +24,8 @@ T, I, H = 9, 5, 37
 TOLERANCE = {"float32": 2e-5, "float64": 1e-11}
 
 
-SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)  # split tiny shapes
+SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0,
+                                 fit_free_cores=False)  # split tiny shapes
 
 
 # (batch, threads, expected plan): units for B <= 8, rows above
@@ -61,8 +64,9 @@ def test_split_matches_reference(cell, batch, threads, plan, dtype, rng):
 def test_target_shapes_split_by_default():
     """Without lowered thresholds: the issue's B=1 LSTM splits its 256 units, B=32 its rows;
     too few units, rows or steps do not split."""
+    fixed = kernels.SplitRules(fit_free_cores=False)        # whatever else runs here now
     for batch, kind in ((1, "units"), (32, "rows")):
-        assert kernels.Plan(100, batch, 256, 1024, threads=2).describe() == (kind, 2)
+        assert kernels.Plan(100, batch, 256, 1024, threads=2, rules=fixed).describe() == (kind, 2)
     assert kernels.Plan(100, 8, 40, 160, threads=2).describe() == ("units", 1)    # units
     assert kernels.Plan(900, 9, 40, 160, threads=2).describe() == ("rows", 2)
     assert kernels.Plan(100, 9, 40, 160, threads=2).describe() == ("rows", 1)     # steps
@@ -95,7 +99,7 @@ def test_barrier_orders_every_step(nparts):
 def test_failing_part_releases_the_others():
     """A part that raises before a meeting must not leave its partner waiting there."""
     import threading
-    plan = kernels.Plan(100, 1, 256, 1024, threads=2)
+    plan = kernels.Plan(100, 1, 256, 1024, threads=2, rules=SPLIT_SMALL)
     assert plan.nparts == 2
 
     def part(p):
@@ -183,10 +187,12 @@ def test_cpu_backend_matmul_and_compute_scope(rng, monkeypatch):
     """The contract's matmul is split_matmul on the backend's threads; compute_scope holds
     BLAS at one thread."""
     calls = []
-    monkeypatch.setattr(kernels, "split_matmul", lambda a, b, t: calls.append(t) or a @ b)
+    monkeypatch.setattr(kernels, "split_matmul",
+                        lambda a, b, t, library: calls.append((t, library)) or a @ b)
     a, b = rng.standard_normal((5, 3)), rng.standard_normal((3, 4))
     np.testing.assert_array_equal(CpuBackend(threads=3).matmul(a, b), a @ b)
-    assert calls == [3]
+    np.testing.assert_array_equal(CpuBackend(gemm="openblas").matmul(a, b), a @ b)
+    assert calls == [(3, "openblas"), (None, "openblas")]        # float64: OpenBLAS
     from threadpoolctl import threadpool_info
     with CpuBackend().compute_scope():
         assert all(pool["num_threads"] == 1 for pool in threadpool_info()
@@ -207,3 +213,23 @@ def test_split_backward_twice_on_one_tape(batch, rng):
     np.testing.assert_array_equal(again, first)
     for k, g in model.grads.items():
         np.testing.assert_allclose(g, 2 * grads[k], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("free, parts", [(0, 1), (1, 2), (5, 2), (None, 2)])
+def test_units_split_uses_only_free_cores(free, parts, monkeypatch):
+    """A "units" split meets every step: it takes only the cores free now (a spinning torch
+    worker or another process holds the rest) and says so; "rows" keeps its parts; the
+    backward decides again. None: the platform cannot tell, so no cut."""
+    monkeypatch.setattr(kernels, "cores_free", lambda: free)
+    plan = kernels.Plan(100, 1, 256, 1024, threads=2)
+    want = ("units", parts) if parts == 2 else ("units", 1, "1 core busy")
+    assert plan.describe() == want
+    assert kernels.Plan(100, 32, 256, 1024, threads=2).describe() == ("rows", 2)
+    monkeypatch.setattr(kernels, "cores_free", lambda: 1)
+    assert plan.for_backward(np.float32).describe() == ("units", 2)
+
+
+def test_cores_free_reads_the_machine():
+    from gpurnn.cpu.parallel import cores_free
+    free = cores_free()
+    assert free is None or 0 <= free < len(os.sched_getaffinity(0))

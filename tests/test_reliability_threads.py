@@ -24,7 +24,8 @@ T, B, I, H = 6, 1, 3, 8
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # this checkout's gpurnn
 
 
-SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)  # split tiny shapes
+SPLIT_SMALL = kernels.SplitRules(units_per_part=1, rows_per_part=1, split_macs=0,  # split tiny shapes,
+                                 fit_free_cores=False)                           # whatever else runs
 
 
 def run_split_lstm(seed=0):

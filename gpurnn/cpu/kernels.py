@@ -80,7 +80,7 @@ import numpy as np
 from ..cells.codegen import exec_source, scalar_namespace
 from . import fastmath, mkl, rows
 from .jit import stable_jit
-from .parallel import recurrence_threads, run_parts, single_threaded_blas
+from .parallel import cores_free, recurrence_threads, run_parts, single_threaded_blas
 from .sync import abort, barrier, meet, new_flags
 
 
@@ -370,6 +370,8 @@ class SplitRules(NamedTuple):
     rows_per_part: int = 4        # a BLAS call per step per part
     split_macs: int = 1 << 23     # multiply-adds in the whole loop (~0.4 ms on one core;
                                   # handing parts to the pool and back costs ~0.1 ms a call)
+    fit_free_cores: bool = True   # "units": no more parts than cores free now (Plan); tests
+                                  # that must see a split turn it off
 
 
 DEFAULT_SPLIT = SplitRules()
@@ -403,16 +405,31 @@ class Plan:
 
     def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT, products="openblas"):
         self.B, self.H, self.GH = B, H, GH
+        self.threads, self.rules = threads, rules
         if T * B * GH * H < rules.split_macs:
             threads = 1
         self.library = products          # the big GEMMs' BLAS (Plan.gemm)
+        self.busy = None                 # "units": cores found taken (cores_free), if any
         if _is_small(B, H, GH):
             self.kind, self.nparts = "units", max(1, min(threads, H // rules.units_per_part))
             self.products = "njit"
+            self._fit_to_free_cores()
         else:
             self.kind, self.nparts = "rows", max(1, min(threads, B // rules.rows_per_part))
             self.products = products
         self._reset()
+
+    def _fit_to_free_cores(self):
+        """"units" parts meet every step, so one whose core is taken (a torch OpenMP worker
+        still spinning after torch's last op, another process) stalls all of them at every
+        barrier: B=1 LSTM 12.6 ms instead of 6.4 right after a torch.nn.LSTM call (2 cores,
+        RESULTS_cpu.md Tuning log 20). Use only the cores free now; "rows" parts never meet
+        in the loop and lose only the taken core's share, so they keep their count."""
+        if self.nparts > 1 and self.rules.fit_free_cores:
+            free = cores_free()
+            if free is not None and free + 1 < self.nparts:
+                self.busy = self.nparts - (free + 1)
+                self.nparts = free + 1
 
     def gemm(self, a, b, out, part):
         """This part's rows of out = a @ b (``gemm``) with this plan's BLAS library."""
@@ -428,13 +445,18 @@ class Plan:
         """A copy of this plan (same split) with fresh barriers and the backward's buffers:
         a tape's backward may run more than once, or fail and be run again."""
         plan = copy.copy(self)
+        if plan.kind == "units" and plan.busy is not None:   # decide again: the core may
+            plan.nparts, plan.busy = plan.nparts + plan.busy, None   # be free by now
+            plan._fit_to_free_cores()
         plan._reset()
         if plan.kind == "units":     # the parts' dh shares (backward_small)
             plan.partial = aligned_empty((2, plan.nparts, plan.B, plan.H), dtype)
         return plan
 
     def describe(self):
-        return (self.kind, self.nparts)
+        """(kind, parts); and the cores found taken where that cut the parts (units)."""
+        return (self.kind, self.nparts) if self.busy is None else (self.kind, self.nparts,
+                                                                   f"{self.busy} core busy")
 
     def rows(self, part):
         return self.B * part // self.nparts, self.B * (part + 1) // self.nparts

@@ -2,6 +2,8 @@
 
   recurrence_threads()       numba.get_num_threads() (NUMBA_NUM_THREADS / numba.set_num_threads,
                              per calling thread), at most the cores this process may run on
+  cores_free()              cores of this process's affinity that no other runnable task
+                             holds right now (/proc/loadavg's runnable count, ~2 us)
   run_parts(fn, nparts)      fn(0) on the calling thread and fn(1..nparts-1) on pool threads
                              pinned to other cores, all at once; returns when all are done,
                              re-raises the first error
@@ -49,6 +51,26 @@ def recurrence_threads():
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     return max(1, min(numba.get_num_threads(), cores))
+
+
+_loadavg_fd = None
+
+
+def cores_free():
+    """How many cores, besides the caller's, are free at this instant: the cores this
+    process may use minus the runnable tasks other than the caller (Linux /proc/loadavg's
+    fourth field counts every task running or ready to run, system-wide). A torch OpenMP
+    worker spinning after torch's last parallel op (~10 ms here, libgomp's default spin)
+    or another process's busy thread counts as a taken core. None where it cannot tell."""
+    global _loadavg_fd
+    try:
+        if _loadavg_fd is None:
+            _loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
+        running = int(os.pread(_loadavg_fd, 128, 0).split()[3].split(b"/")[0])
+        cores = len(os.sched_getaffinity(0))
+    except (OSError, AttributeError, IndexError, ValueError):
+        return None
+    return max(0, cores - running)
 
 
 def _executor(workers):
@@ -197,8 +219,9 @@ def single_threaded_blas():
 
 
 def _after_fork_in_child():
-    global _pool, _pool_size, _pool_lock
+    global _pool, _pool_size, _pool_lock, _loadavg_fd
     _pool_lock = threading.Lock()
+    _loadavg_fd = None                # the child's own descriptor (the parent's stays open)
     _pool, _pool_size = None, 0       # its threads did not survive the fork
     _blas.after_fork_in_child()
 
