@@ -72,7 +72,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # (benchmarks/ is on sys.path when run as a script)
 from machine import busy_core, cpu_figures, describe_peak, openblas_architecture  # noqa: E402
-from timing import (gpurnn_results, layer_flops, layer_reference, time_calls,  # noqa: E402
+from timing import (gpurnn_results, interleaved_times, layer_flops, layer_reference, time_calls,  # noqa: E402
                     torch_results, validate)
 
 # (cell, T, B, I, H)
@@ -201,21 +201,6 @@ def settled_times(runners, repeats):
             while time.perf_counter() < warm_until:   # backend's idle threads stop spinning,
                 run()                     # this one's are awake and on their cores
             times[name].append(time_calls(run, 1, warmup=0)[0])
-    return times
-
-
-def interleaved_times(runners, repeats):
-    """Call by call, no settle time: each version meets the state (caches, spinning or parked
-    worker threads) the previous one left, as in a user's loop; the order rotates every
-    repeat so no version always follows the same one."""
-    names = list(runners)
-    for name in names * 2:                # JIT compile / first-touch warm-up, untimed
-        runners[name]()
-    times = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            times[name].append(time_calls(runners[name], 1, warmup=0)[0])
     return times
 
 

@@ -3,11 +3,13 @@
 One training step = forward over a window of k characters for B streams, softmax
 cross-entropy, BPTT, gradient clipping, Adam — exactly what `gpurnn train` does per step,
 with the same sizes (defaults are the CLI's) and the same one-hot inputs on both sides.
-Steps are timed after warm-up (JIT compilation excluded); chars/s = B*k / median step time.
+Steps are timed after warm-up (JIT compilation excluded), the versions taking turns step by
+step in one process (benchmarks are on shared, noisy machines); chars/s = B*k / median step
+time; each row also gives GFLOP/s and the fraction of the CPU's fp32 peak (machine.py).
 Before any timing, every version's first window (loss and every gradient, from the same
 weights) is checked against the float64 NumPy reference: a wrong one stops the run, no time.
 
-    python benchmarks/bench_train.py                       # backend auto (+ numpy) vs torch
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/bench_train.py   # auto vs torch
     python benchmarks/bench_train.py --backends cpu,numpy --steps 30
     python benchmarks/bench_train.py --hidden 128 --batch 16 --out /tmp/r.md
 
@@ -30,7 +32,8 @@ from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
 from gpurnn.train.data import default_corpus  # noqa: E402
 from gpurnn.train.optim import unprefixed  # noqa: E402
 from gpurnn.train.tbptt import window_at  # noqa: E402
-from timing import time_calls, validate  # noqa: E402
+from machine import cpu_figures, describe_peak, openblas_architecture  # noqa: E402
+from timing import interleaved_times, layer_flops, validate  # noqa: E402
 
 def make_trainer(text, args, backend, dtype="float32"):
     return Trainer(text, LMConfig(cell=args.cell, hidden=args.hidden, layers=args.layers,
@@ -54,14 +57,24 @@ def step_results(trainer):
     return got
 
 
-def bench_gpurnn(text, args, backend, reference):
+def gpurnn_step(text, args, backend, reference):
+    """(trainer, its training step), checked against the reference first."""
     trainer = make_trainer(text, args, backend)
     validate(f"gpurnn backend={trainer.lm.backend}", step_results(trainer), reference)
-    times = time_calls(trainer.train_step, args.steps, args.warmup)
-    return trainer.lm.backend, trainer, times
+    return trainer, trainer.train_step
 
 
-def bench_torch(trainer, args, weights, reference):
+def step_flops(args, vocab):
+    """FLOPs of one training step: the recurrent layers (timing.layer_flops, their dX
+    included as the first layer's one-hot GEMM would do it) and the output layer's three
+    GEMMs (logits, dW, dH); pointwise work and Adam are not counted."""
+    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[args.cell]
+    T, B, H = args.window, args.batch, args.hidden
+    layers = sum(layer_flops(T, B, vocab if k == 0 else H, H, G) for k in range(args.layers))
+    return layers + 3 * 2 * T * B * H * vocab
+
+
+def torch_step(trainer, args, weights, reference):
     """``trainer``: for the text's streams and sizes; ``weights``: the initial weights every
     version starts from (gpurnn names), for the check against ``reference``."""
     import torch
@@ -102,7 +115,7 @@ def bench_torch(trainer, args, weights, reference):
         opt.step()
         state["w"] += 1
 
-    return time_calls(step, args.steps, args.warmup), torch.get_num_threads()
+    return step, torch.get_num_threads()
 
 
 def version(dist):
@@ -114,14 +127,15 @@ def version(dist):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backends", default="auto,numpy",
-                   help="gpurnn backends to time, comma-separated (default: auto,numpy)")
+    p.add_argument("--backends", default="auto",
+                   help="gpurnn backends to time, comma-separated (default: auto; add numpy "
+                        "for the reference's speed)")
     p.add_argument("--cell", default="lstm", choices=["lstm", "gru", "rnn_tanh"])
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--window", type=int, default=64)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=15, help="timed steps per model")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (JIT compile)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_train.md"))
     args = p.parse_args(argv)
@@ -133,6 +147,7 @@ def main(argv=None):
     oracle = make_trainer(text, args, "numpy", dtype="float64")
     reference = step_results(oracle)
     initial = {k: v.astype(np.float32) for k, v in oracle.lm.state_dict().items()}   # = every version's
+    steps = {}                            # label -> one training step, all checked first
     for name in [b for b in args.backends.split(",") if b]:
         try:
             resolved = get_backend(name).name
@@ -142,34 +157,42 @@ def main(argv=None):
         if resolved in seen:
             continue                      # "auto" resolved to a backend already timed
         seen.add(resolved)
-        _, trainer, times = bench_gpurnn(text, args, resolved, reference)
-        label = f"gpurnn backend={resolved}" + (" (auto)" if name == "auto" else "")
-        rows.append((label, times))
-        print(f"{label}: {chars / statistics.median(times):,.0f} chars/s", flush=True)
-    torch_threads = None
+        trainer, steps[f"gpurnn backend={resolved}" + (" (auto)" if name == "auto" else "")] = \
+            gpurnn_step(text, args, resolved, reference)
+    torch_label = None
     try:
-        times, torch_threads = bench_torch(trainer, args, initial, reference)
-        rows.append((f"PyTorch {version('torch')} CPU ({torch_threads} threads)", times))
-        print(f"torch: {chars / statistics.median(times):,.0f} chars/s", flush=True)
+        step, torch_threads = torch_step(trainer, args, initial, reference)
+        torch_label = f"PyTorch {version('torch')} CPU ({torch_threads} threads)"
+        steps[torch_label] = step
     except ImportError:
         print("torch not installed: no PyTorch row", flush=True)
-
-    torch_median = statistics.median(rows[-1][1]) if torch_threads else None
+    # the versions take turns step by step (order rotated), in this one process
+    rows = list(interleaved_times(steps, args.steps, args.warmup).items())
+    for label, times in rows:
+        print(f"{label}: {chars / statistics.median(times):,.0f} chars/s", flush=True)
+    torch_median = statistics.median(dict(rows)[torch_label]) if torch_label else None
+    flops, fig = step_flops(args, len(trainer.vocab)), cpu_figures()
     lines = [
         "# `gpurnn train` throughput vs PyTorch CPU",
         "",
         f"Model: {args.cell}, {args.layers}x{args.hidden} hidden, vocabulary {len(trainer.vocab)} (one-hot inputs), "
         f"window k={args.window}, batch B={args.batch} ({chars} chars/step); Adam, clip 5; "
-        f"median of {args.steps} steps after {args.warmup} warm-up steps. Text: {source}.",
+        f"median of {args.steps} steps after {args.warmup} warm-up rounds, the versions taking "
+        f"turns step by step in one process (order rotated). Text: {source}.",
         "",
-        "| model | median ms/step | p20 ms | p80 ms | chars/s | vs PyTorch |",
-        "|---|---|---|---|---|---|",
+        f"{flops / 1e9:.2f} GFLOP per step (recurrent layers with dX, output layer; pointwise "
+        f"and Adam not counted). Peak: {describe_peak(fig)}. OpenBLAS: {openblas_architecture()}.",
+        "",
+        "| model | median ms/step | p20 ms | p80 ms | chars/s | vs PyTorch | GFLOP/s | % of peak |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, times in rows:
         med = statistics.median(times)
         q = np.percentile(times, [20, 80])
         ratio = f"{torch_median / med:.2f}x" if torch_median else "n/a"
-        lines.append(f"| {label} | {med * 1e3:.1f} | {q[0] * 1e3:.1f} | {q[1] * 1e3:.1f} | {chars / med:,.0f} | {ratio} |")
+        lines.append(f"| {label} | {med * 1e3:.1f} | {q[0] * 1e3:.1f} | {q[1] * 1e3:.1f} | "
+                     f"{chars / med:,.0f} | {ratio} | {flops / med / 1e9:.0f} | "
+                     f"{100 * flops / med / 1e9 / fig['peak_gflops']:.0f} |")
     env_prefix = "".join(f"{k}={os.environ[k]} " for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
                          if k in os.environ)
     load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3

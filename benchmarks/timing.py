@@ -26,6 +26,22 @@ def time_calls(fn, repeats, warmup=2):
     return times
 
 
+def interleaved_times(runners, repeats, warmup=2):
+    """Seconds of each call of each ``runners`` entry (name -> fn()), call by call with no
+    settle time: each version meets the state (caches, spinning or parked worker threads)
+    the previous one left, as in a user's loop; the order rotates every repeat so no
+    version always follows the same one. ``warmup`` untimed rounds first (JIT compile)."""
+    names = list(runners)
+    for name in names * warmup:
+        runners[name]()
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            times[name].append(time_calls(runners[name], 1, warmup=0)[0])
+    return times
+
+
 def layer_flops(T, B, I, H, G):
     """FLOPs of the matrix products of one layer's forward + backward (G gates, I inputs, H
     units, T steps, B sequences); the pointwise cell work (a few FLOPs per gate element) is
