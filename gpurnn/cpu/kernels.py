@@ -494,14 +494,17 @@ class Plan:
 
 def gemm(a, b, out, part=0, nparts=1, library="openblas"):
     """out = a @ b through NumPy's BLAS (np.matmul into ``out``), or MKL on this thread
-    where ``library`` is "mkl" (float32; gpurnn.cpu.mkl). No njit code calls np.dot (which
+    where ``library`` is "mkl", the dtype float32 and N a multiple of 16 (gpurnn.cpu.mkl; one
+    thread, T*B = 2048 rows: X W_ih^T to N = 1024 111 vs 89 GFLOP/s, dG^T H_prev to N = 256
+    101 vs 86, but dG^T X to N = 165 64 vs 77 and to N = 65 55 vs 65: OpenBLAS is better at a
+    ragged N; RESULTS_cpu.md Tuning log 19). No njit code calls np.dot (which
     would go to SciPy's OpenBLAS, a second thread pool that spins against NumPy's;
     kernels_docs/cpu.md, Threading). With nparts > 1 this part's share: rows
     M*part//nparts .. M*(part+1)//nparts of out.
     a (M, K), b (K, N), out (M, N); C- or F-contiguous (a transposed view is fine)."""
     M = out.shape[0]
     r0, r1 = M * part // nparts, M * (part + 1) // nparts
-    if library == "mkl" and out.dtype == np.float32:
+    if library == "mkl" and out.dtype == np.float32 and out.shape[1] % 16 == 0:
         mkl.gemm(a[r0:r1], b, out[r0:r1])
     else:
         np.matmul(a[r0:r1], b, out=out[r0:r1])
