@@ -174,9 +174,11 @@ def checked_runner(version, cfg, weights, x, dout, reference):
 
 
 def split_plan(model):
-    """How backend="cpu" split the recurrence over threads, e.g. "units x2" (kernels.Plan)."""
-    kind, nparts = model.last_plans["forward"][0][0]["split"]
-    return f"{kind} x{nparts}"
+    """How backend="cpu" ran the forward: split over threads and per-step products, e.g.
+    "units x2 njit", "units x1 (1 core busy) njit", "rows x2 mkl" (kernels.Plan)."""
+    plan = model.last_plans["forward"][0][0]
+    kind, nparts, *busy = plan["split"]
+    return " ".join([f"{kind} x{nparts}"] + [f"({b})" for b in busy] + [plan.get("products", "")])
 
 
 def tape_bytes(model):
