@@ -38,13 +38,13 @@ class NumpyBackend(HostBackend):
         tape.update(spec=spec, plan={"path": "numpy-reference"})
         return out, (h_n,) if c_n is None else (h_n, c_n), tape
 
-    def backward(self, tape, dout, dstate_n, truncate):
+    def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
         if tape["plan"]["path"] == "numpy-vectorised":
             from . import vectorised
-            return vectorised.backward(tape, dout, dstate_n, truncate)
+            return vectorised.backward(tape, dout, dstate_n, truncate, need_dx)
         from . import reference
         dh_n, dc_n = (tuple(dstate_n) + (None,))[:2]
-        return reference.backward(tape, dout, dh_n, dc_n, truncate)._replace(
+        return reference.backward(tape, dout, dh_n, dc_n, truncate, need_dx)._replace(
             plan={"path": "numpy-reference"})
 
 

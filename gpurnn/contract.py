@@ -7,7 +7,8 @@ states, gpurnn.cells.CellSpec):
 
     forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths) -> (out, state_n, tape)
         spec     CellSpec
-        x        (T, B, I)            w_ih (G*H, I)     w_hh (G*H, H)
+        x        (T, B, I) floats, or (T, B) int64 token ids in 0..I-1 (below)
+        w_ih     (G*H, I)             w_hh (G*H, H)
         b_ih, b_hh (G*H,) or None     (None: no bias)
         state0   tuple of S entries, each (B, H) or None (zeros)
         lengths  host NumPy int array (B,) with values in 1..T, or None (all T)
@@ -15,10 +16,19 @@ states, gpurnn.cells.CellSpec):
         state_n  tuple of S arrays (B, H): the state after each row's last valid step
         tape     opaque to the caller; tape["plan"] (a dict) says what ran and why
                  (e.g. which kernel, how the work was split, any fast path declined)
-    backward(tape, dout, dstate_n, truncate) -> DirectionGrads
+    backward(tape, dout, dstate_n, truncate, need_dx=True) -> DirectionGrads
         dout     (T, B, H) dL/d out       dstate_n tuple of S entries (B, H) or None
         truncate None or k >= 1: the gradient step t+1 sends into step t is dropped
                  where t+1 is a multiple of k (gpurnn.reference)
+        need_dx  False: no dX (its GEMM dG W_ih is not run) and DirectionGrads.dx is
+                 None; the other gradients are the same. Token-id x: always so.
+
+Token ids (the first layer of a model over a vocabulary; the layers validate them and pass
+them as int64): x[t, b] = v stands for the one-hot row e_v of length I, so the input
+projection X W_ih^T is the gather gx[t, b] = W_ih[:, v] (bitwise the one-hot product),
+dW_ih = dG^T X the scatter-add of dG's rows into W_ih's columns v, and there is no dx.
+gpurnn.tokens implements both on an array namespace (the numpy and cuda backends); the cpu
+backend runs them as njit loops split over its threads (gpurnn.cpu.tokens).
 
 Arrays are the backend's native arrays (``backend.xp``: numpy, or cupy on a GPU). The
 other members: ``name``, ``xp``, ``dtypes``, ``is_available()``, ``asarray(a, dtype)``,
@@ -57,7 +67,7 @@ import numpy as np
 
 class DirectionGrads(NamedTuple):
     """Gradients of one layer-direction. Shapes as the forward's arguments."""
-    dx: object                 # (T, B, I)
+    dx: object                 # (T, B, I); None for need_dx=False or token-id x
     dstate0: tuple             # S arrays (B, H): dL/d state0
     dw_ih: object              # (G*H, I)
     dw_hh: object              # (G*H, H)

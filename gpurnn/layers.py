@@ -8,12 +8,17 @@ initial/final state layout, gradient accumulation and the state_dict in torch's 
 
 Shapes (T steps, B rows, I = input_size, H = hidden_size, L = num_layers, D = 2 if
 bidirectional else 1, S = the cell's state count):
-    x        (T, B, I), or (B, T, I) with batch_first
+    x        (T, B, I) floats, or (B, T, I) with batch_first; or integer token ids (T, B),
+             (B, T) with batch_first, values in 0..I-1 (I = the vocabulary): x[t, b] = v
+             means the one-hot row e_v, without building it (the first layer's projection
+             is a gather of W_ih's columns, dW_ih a scatter-add; gpurnn.tokens), dx = None
     state0   tuple of S arrays (L*D, B, H) (or None each) whatever batch_first says;
              RNN/GRU take one array h0, LSTM the pair (h0, c0), as torch
     lengths  (B,) ints in 1..T, right-padded x
     out      (T, B, D*H), or (B, T, D*H) with batch_first: the sequence of h = states[0]
     state_n  tuple of S arrays (L*D, B, H);  index l*D + d (d = 1 is the reverse direction)
+    dx       as x (floats), from backward; None with need_dx=False (the first layer's dX
+             GEMM is then not run) and for token ids (they have no gradient)
 
 ``last_plans`` of a module lists what each layer-direction ran in its last forward and
 backward (the backends' plan records: kernel, split, any fast path declined and why).
@@ -25,7 +30,8 @@ import numpy as np
 from .arrays import to_numpy
 from .backend import get_backend
 from .cells import get_cell
-from .validation import check_array_like, check_float_array, check_lengths, check_positive_int
+from .validation import (check_array_like, check_float_array, check_input_kind, check_lengths,
+                         check_positive_int, check_token_ids)
 
 
 class Recurrent:
@@ -35,7 +41,10 @@ class Recurrent:
                              batch_first=False, dropout=0.0, bidirectional=False,
                              backend="auto", dtype="float32", seed=None)
         out, state_n = m(x, state0=None, lengths=None)       # state_n: tuple of S arrays
-        dx, dstate0 = m.backward(dout, dstate_n=None, truncate=None)
+        dx, dstate0 = m.backward(dout, dstate_n=None, truncate=None, need_dx=True)
+
+    x: floats (T, B, input_size), or integer token ids (T, B) in 0..input_size-1 (one-hot
+    rows, never built; dx is then None); batch_first swaps T and B in both.
 
     Weights as torch's: weight_ih_l{k}[_reverse] (G*H, I or D*H), weight_hh_l{k} (G*H, H),
     bias_ih_l{k}, bias_hh_l{k} (G*H,), gate rows stacked in the cell's gate order, init
@@ -173,13 +182,14 @@ class Recurrent:
         params = self._params if params is None else params
         user_x = x
         x = self._as_native("x", x)
-        if x.ndim != 3:
-            raise ValueError(f"x: expected 3 dimensions ({'B, T' if self.batch_first else 'T, B'}, I),"
-                             f" got shape {tuple(x.shape)}")
+        tokens = check_input_kind("x", x, "B, T" if self.batch_first else "T, B")
+        if tokens:     # checked before the transpose, so errors give the user's indices
+            x = check_token_ids("x", x, self.input_size).astype(xp.int64, copy=False)
         if self.batch_first:
-            x = xp.ascontiguousarray(x.transpose(1, 0, 2))
-        T, B, _ = x.shape
-        check_float_array("x", x, (T, B, self.input_size), self.dtype)
+            x = xp.ascontiguousarray(xp.swapaxes(x, 0, 1))
+        T, B = x.shape[:2]
+        if not tokens:
+            check_float_array("x", x, (T, B, self.input_size), self.dtype)
         lengths = check_lengths(lengths, B, T)
         state0 = self._check_state("state0", state0, B, labels)
         D, S = self.num_directions, self.spec.n_states
@@ -208,7 +218,7 @@ class Recurrent:
             masks.append(mask)
             layer_input = layer_out
 
-        tape = dict(tapes=tapes, masks=masks, lengths=lengths, T=T, B=B,
+        tape = dict(tapes=tapes, masks=masks, lengths=lengths, T=T, B=B, tokens=tokens,
                     plans=[[t.get("plan") for t in layer] for layer in tapes])
         out = layer_input
         if self.batch_first:
@@ -251,32 +261,35 @@ class Recurrent:
                      for k, s in enumerate(states))
 
     # ----------------------------------------------------------------- backward
-    def backward(self, dout, dstate_n=None, truncate=None):
+    def backward(self, dout, dstate_n=None, truncate=None, need_dx=True):
         """BPTT through the last forward. Accumulates into ``grads``; returns (dx, dstate0).
 
         dout: gradient w.r.t. out (its shape); dstate_n: w.r.t. state_n (a tuple of S
         entries, each None for zero; None for all zero); truncate: None for full BPTT, or k
-        to cut the recurrent gradient every k steps (see gpurnn.reference).
+        to cut the recurrent gradient every k steps (see gpurnn.reference); need_dx: False
+        when nothing needs dL/dx (data, not a trainable input): dx is then None and the
+        first layer's dX GEMM is skipped. dx is None for token ids whatever need_dx says.
         """
-        return self._backward(dout, dstate_n, truncate)
+        return self._backward(dout, dstate_n, truncate, need_dx=need_dx)
 
-    def backward_tape(self, tape, dout, dstate_n=None, truncate=None):
+    def backward_tape(self, tape, dout, dstate_n=None, truncate=None, need_dx=True):
         """Functional backward through ``tape`` from ``forward_tape``.
 
         Returns (dx, dstate0, grads): as ``backward`` plus this call's parameter gradients
         (torch names), without touching ``self.grads``.
         """
-        return self._run_backward(tape, dout, dstate_n, truncate)
+        return self._run_backward(tape, dout, dstate_n, truncate, need_dx=need_dx)
 
-    def _backward(self, dout, dstate_n, truncate, labels=None):
+    def _backward(self, dout, dstate_n, truncate, labels=None, need_dx=True):
         if self._tape is None:
             raise RuntimeError("backward: call forward first (there is no tape to differentiate)")
-        dx, dstate0, grads = self._run_backward(self._tape, dout, dstate_n, truncate, labels)
+        dx, dstate0, grads = self._run_backward(self._tape, dout, dstate_n, truncate, labels,
+                                                need_dx)
         for name, g in grads.items():
             self.grads[name] += g
         return dx, dstate0
 
-    def _run_backward(self, tape, dout, dstate_n, truncate, labels=None):
+    def _run_backward(self, tape, dout, dstate_n, truncate, labels=None, need_dx=True):
         if truncate is not None:
             truncate = check_positive_int("truncate", truncate)
         be, xp = self._backend, self._backend.xp
@@ -296,6 +309,9 @@ class Recurrent:
         grads = OrderedDict()
         plans = [[None] * D for _ in range(L)]
         grad = dout
+        # The layers above the first always need their input's gradient (it is the layer
+        # below's dout); the first only if asked, and token ids never (no gradient).
+        first_dx = bool(need_dx) and not tape["tokens"]
         for layer in range(L - 1, -1, -1):
             if tape["masks"][layer] is not None:
                 grad = grad * tape["masks"][layer]
@@ -305,8 +321,9 @@ class Recurrent:
                 g_out = grad[:, :, d * H:(d + 1) * H]
                 g_out = xp.ascontiguousarray(g_out) if d == 0 else _reverse_within_length(xp, g_out, lengths)
                 g = be.backward(tape["tapes"][layer][d], g_out,
-                                tuple(None if s is None else s[k] for s in dstate_n), truncate)
-                dx = g.dx if d == 0 else _reverse_within_length(xp, g.dx, lengths)
+                                tuple(None if s is None else s[k] for s in dstate_n), truncate,
+                                need_dx=first_dx or layer > 0)
+                dx = g.dx if d == 0 or g.dx is None else _reverse_within_length(xp, g.dx, lengths)
                 dinput = dx if dinput is None else dinput + dx
                 for s in range(S):
                     dstate0[s][k] = g.dstate0[s]
@@ -319,8 +336,10 @@ class Recurrent:
                     grads[f"bias_hh_{tag}"] = g.db_hh
             grad = dinput
 
-        dx = xp.ascontiguousarray(grad.transpose(1, 0, 2)) if self.batch_first else grad
-        dx = be.to_user(dx, user_dout)
+        dx = grad
+        if dx is not None:
+            dx = xp.ascontiguousarray(dx.transpose(1, 0, 2)) if self.batch_first else dx
+            dx = be.to_user(dx, user_dout)
         if self.last_plans is not None and tape is self._tape:
             self.last_plans["backward"] = plans
         return dx, tuple(be.to_user(xp.stack(v), user_dout) for v in dstate0), grads
@@ -394,15 +413,16 @@ class RNNBase(Recurrent):
                                                 self._FORWARD_LABELS)
         return (out, self._from_states(states)), tape
 
-    def backward(self, dout, dh_n=None, truncate=None):
-        """Returns (dx, dh0), or (dx, (dh0, dc0)) for LSTM; dh_n like hx."""
+    def backward(self, dout, dh_n=None, truncate=None, need_dx=True):
+        """Returns (dx, dh0), or (dx, (dh0, dc0)) for LSTM; dh_n like hx. dx is None with
+        need_dx=False or token-id x (Recurrent.backward)."""
         dx, dstate0 = self._backward(dout, self._to_states("dh_n", dh_n), truncate,
-                                     self._BACKWARD_LABELS)
+                                     self._BACKWARD_LABELS, need_dx)
         return dx, self._from_states(dstate0)
 
-    def backward_tape(self, tape, dout, dh_n=None, truncate=None):
+    def backward_tape(self, tape, dout, dh_n=None, truncate=None, need_dx=True):
         dx, dstate0, grads = self._run_backward(tape, dout, self._to_states("dh_n", dh_n),
-                                                truncate, self._BACKWARD_LABELS)
+                                                truncate, self._BACKWARD_LABELS, need_dx)
         return dx, self._from_states(dstate0), grads
 
 

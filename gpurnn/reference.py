@@ -9,7 +9,8 @@ names one of them); any other cell runs on gpurnn.vectorised. The backend contra
 (gpurnn.contract) is implemented on top of it by gpurnn.backend.NumpyBackend.
 
 Shapes (T steps, B batch rows, I inputs, H hidden units, G gates: 1 RNN, 4 LSTM, 3 GRU):
-    x        (T, B, I)     input
+    x        (T, B, I)     input, or (T, B) integer token ids in 0..I-1 (one-hot rows,
+                           gpurnn.tokens: the projection is a gather, dW_ih a scatter-add)
     w_ih     (G*H, I)      input weights, gates stacked in torch order
     w_hh     (G*H, H)      recurrent weights
     b_ih     (G*H,)|None   input bias          b_hh (G*H,)|None recurrent bias
@@ -33,6 +34,7 @@ state is detached (gpurnn.train.tbptt).
 import numpy as np
 
 from .contract import DirectionGrads
+from .tokens import add_input_weight_grad, input_projection, is_token_ids
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")       # the cells written out below
 _GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -51,9 +53,9 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths
     Returns (out, h_n, c_n or None, tape)."""
     if cell not in CELLS:
         raise ValueError(f"cell: the hand-written reference covers {CELLS}, got {cell!r}")
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[1]
-    dtype = x.dtype
+    dtype = w_hh.dtype
     has_c = cell == "lstm"
     zero_bias = np.zeros(_GATES[cell] * H, dtype)
     b_ih = zero_bias if b_ih is None else b_ih
@@ -69,7 +71,7 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths
     tape = dict(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, valid=valid,
                 has_bias=(b_ih is not zero_bias, b_hh is not zero_bias), steps=[])
     for t in range(T):
-        ax = x[t] @ w_ih.T + b_ih
+        ax = input_projection(np, x[t], w_ih) + b_ih
         ah = h @ w_hh.T + b_hh
         step = dict(h_prev=h, c_prev=c)
         if cell == "rnn_tanh":
@@ -102,21 +104,23 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths
     return out, h, c, tape
 
 
-def backward(tape, dout, dh_n=None, dc_n=None, truncate=None):
+def backward(tape, dout, dh_n=None, dc_n=None, truncate=None, need_dx=True):
     """BPTT through a forward's tape. Returns DirectionGrads (gpurnn.contract) whose
     dstate0 is (dh0,) or (dh0, dc0) for LSTM.
 
     dout (T, B, H) gradient of the loss w.r.t. out; dh_n, dc_n (B, H) w.r.t. the final
-    state (None means zero); truncate: None or k >= 1.
+    state (None means zero); truncate: None or k >= 1; need_dx: False (or token-id x)
+    skips dx, returned as None.
     """
     cell, x, w_ih, w_hh, valid = tape["cell"], tape["x"], tape["w_ih"], tape["w_hh"], tape["valid"]
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[1]
-    dtype = x.dtype
+    dtype = w_hh.dtype
+    need_dx = need_dx and not is_token_ids(x)
     has_c = cell == "lstm"
     dh = np.zeros((B, H), dtype) if dh_n is None else np.array(dh_n, dtype)
     dc = (np.zeros((B, H), dtype) if dc_n is None else np.array(dc_n, dtype)) if has_c else None
-    dx = np.zeros_like(x)
+    dx = np.zeros_like(x) if need_dx else None
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db_ih = np.zeros(w_ih.shape[0], dtype)
     db_hh = np.zeros(w_hh.shape[0], dtype)
@@ -158,8 +162,9 @@ def backward(tape, dout, dh_n=None, dc_n=None, truncate=None):
             dh_direct = g_h * z
         dax = np.where(m, dax, 0)
         dah = np.where(m, dah, 0)
-        dx[t] = dax @ w_ih
-        dw_ih += dax.T @ x[t]
+        if need_dx:
+            dx[t] = dax @ w_ih
+        add_input_weight_grad(np, dw_ih, x[t], dax)
         dw_hh += dah.T @ s["h_prev"]
         db_ih += dax.sum(0)
         db_hh += dah.sum(0)

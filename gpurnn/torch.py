@@ -4,6 +4,7 @@
     lstm = gpurnn.torch.LSTM(input_size, hidden_size, num_layers=2, batch_first=True)
     out, (h_n, c_n) = lstm(x)                  # as torch.nn.LSTM; x may be a PackedSequence
     out, (h_n, c_n) = lstm(x, lengths=lens)    # extension: right-padded x with (B,) lengths
+    out, (h_n, c_n) = lstm(ids)                # extension: integer token ids (T, B), one-hot rows
     loss(out).backward()                       # gradients reach x, (h0, c0) and every weight
     torch.compile(model, fullgraph=True)       # no graph break: the layers are custom ops
 
@@ -22,6 +23,13 @@ penalties) instead differentiates a torch-ops implementation of the same recurre
 * CUDA tensors: backend "cuda"; tensors reach it as CuPy arrays through
   ``__cuda_array_interface__`` (zero-copy) and everything is issued on torch's current
   stream (see kernels_docs/torch_bridge.md).
+* Token ids (an extension; torch.nn takes floats only): an integer tensor (T, B) ((B, T)
+  with batch_first, (T,) unbatched, or a PackedSequence of them) with values in
+  0..input_size-1 stands for one-hot rows, as in gpurnn.layers: the first layer gathers
+  W_ih's columns (the same numbers as F.one_hot(ids, input_size).to(dtype), without the
+  matrix). Ids have no gradient. Bool tensors are rejected.
+* No work for gradients nobody wants: the dX GEMM of the first layer runs only when the
+  input requires grad (``ctx.needs_input_grad``), eagerly and under torch.compile.
 * Dropout between layers is ``torch.nn.functional.dropout`` on each layer's output, so it
   draws from torch's RNG (``torch.manual_seed`` reproduces it).
 * Errors are raised as torch raises them and as gpurnn does: ``ShapeError`` is a ValueError
@@ -51,7 +59,7 @@ import numpy as np
 from . import layers as _layers
 from .backend import BackendUnavailable, get_backend
 from .cells import get_cell
-from .validation import check_lengths
+from .validation import check_lengths, check_token_ids
 
 __all__ = ["RNN", "LSTM", "GRU", "Recurrent", "UnsupportedError", "ShapeError", "DtypeError"]
 
@@ -247,10 +255,10 @@ class _LayerRunner:
                 x, state0, lengths, params=OrderedDict(zip(self.names, params)))
         return out, tuple(state_n), tape
 
-    def backward(self, tape, dout, dstate_n):
-        """Returns (dx, dstate0 tuple, grads in the order of ``names``)."""
+    def backward(self, tape, dout, dstate_n, need_dx=True):
+        """Returns (dx (None unless need_dx), dstate0 tuple, grads in ``names`` order)."""
         with self.lock:
-            dx, dstate0, grads = self.module.backward_tape(tape, dout, dstate_n)
+            dx, dstate0, grads = self.module.backward_tape(tape, dout, dstate_n, need_dx=need_dx)
         return dx, tuple(dstate0), [grads[n] for n in self.names]
 
 
@@ -384,12 +392,6 @@ def _tape_from_tensors(tensors, layout, known):
     return _map_tree(decode, layout.tree)
 
 
-def _tape_signature(x, state0, lengths):
-    """What a tape's layout may depend on besides the runner: shapes and which are given."""
-    T, B = int(x.shape[0]), int(x.shape[1])
-    return T, B, len(state0), lengths is not None
-
-
 # --------------------------------------------------------------------------- one layer call
 # Two front-ends share these bodies: eager calls go through _LayerFunction, which keeps the
 # tape object in its autograd context (the fastest path: a custom op's dispatch costs about
@@ -404,8 +406,9 @@ def _host_lengths(lengths, T, B):
 
 def _forward_body(key, x, state0, lengths, params):
     """Run a layer: (out, state_n list) as tensors, the tape, and the arrays the tape may
-    view (its inputs and outputs, for _tape_to_tensors)."""
-    runner, conv = _runner_for(key, x.dtype, x.device)
+    view (its inputs and outputs, for _tape_to_tensors). x (T, B, I) floats, or (T, B)
+    integer token ids (the first layer; the weights' dtype picks the runner)."""
+    runner, conv = _runner_for(key, params[0].dtype, x.device)
     lens = _host_lengths(lengths, x.shape[0], x.shape[1])
     with conv.running(runner.backend):
         a = conv.to_array
@@ -415,28 +418,32 @@ def _forward_body(key, x, state0, lengths, params):
     return result, tape, [x_a, *s0_a, *([] if lens is None else [lens]), *p_a, out, *state_n]
 
 
-def _kernel_backward(key, x, tape, dout, dstate_n):
+def _kernel_backward(key, x, tape, dout, dstate_n, need_dx):
     """gpurnn's BPTT through ``tape``: (dx, dstate0 list, dparams list) as tensors.
-    dstate_n: a list of tensors, or [] for zeros."""
-    runner, conv = _runner_for(key, x.dtype, x.device)
+    dstate_n: a list of tensors, or [] for zeros. dx: None unless need_dx (the dX GEMM is
+    then not run; token-id x never has one)."""
+    runner, conv = _runner_for(key, dout.dtype, x.device)
     with conv.running(runner.backend):
         a = conv.to_array
-        dx, dstate0, grads = runner.backward(tape, a(dout), [a(d) for d in dstate_n] or None)
-        return (conv.to_tensor(dx), [conv.to_tensor(d) for d in dstate0],
+        dx, dstate0, grads = runner.backward(tape, a(dout), [a(d) for d in dstate_n] or None,
+                                             need_dx)
+        return (None if dx is None else conv.to_tensor(dx), [conv.to_tensor(d) for d in dstate0],
                 [conv.to_tensor(g) for g in grads])
 
 
-def _backward_body(key, x, state0, lengths, params, dout, dstate_n, kernel):
+def _backward_body(key, x, state0, lengths, params, dout, dstate_n, kernel, need_dx):
     """Gradients for (x, state0, params) from the incoming ones (None = zero).
     ``kernel(dout, dstate_n)`` runs gpurnn's BPTT; with create_graph=True (grad mode on in
     a backward) the gradients must themselves be differentiable, so the torch-ops
-    recurrence is differentiated instead."""
+    recurrence is differentiated instead. need_dx: whether x's gradient is wanted
+    (ctx.needs_input_grad); dx is None otherwise."""
     config = _LayerConfig.from_key(key)
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
+    w = params[0]                   # x may be token ids: the float dtype is the weights'
     if dout is None:
-        dout = x.new_zeros((T, B, config.num_directions * config.hidden_size))
+        dout = w.new_zeros((T, B, config.num_directions * config.hidden_size))
     if any(d is not None for d in dstate_n):
-        dstate_n = [x.new_zeros((config.num_directions, B, config.hidden_size)) if d is None
+        dstate_n = [w.new_zeros((config.num_directions, B, config.hidden_size)) if d is None
                     else d.contiguous() for d in dstate_n]
     else:
         dstate_n = []
@@ -445,7 +452,7 @@ def _backward_body(key, x, state0, lengths, params, dout, dstate_n, kernel):
                                                      dstate_n)
     else:
         dx, dstate0, dparams = kernel(dout.contiguous(), dstate_n)
-    return dx, list(dstate0)[:len(state0)], list(dparams)
+    return dx if need_dx else None, list(dstate0)[:len(state0)], list(dparams)
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -468,16 +475,18 @@ class _LayerFunction(torch.autograd.Function):
     def backward(ctx, dout, *dstate_n):
         x, *tensors = ctx.saved_tensors
         state0, params = tensors[:ctx.n_state0], tensors[ctx.n_state0:]
+        need_dx = ctx.needs_input_grad[3]
         dx, dstate0, dparams = _backward_body(
             ctx.key, x, state0, ctx.lengths, params, dout, dstate_n,
-            lambda do, ds: _kernel_backward(ctx.key, x, ctx.tape, do, ds))
+            lambda do, ds: _kernel_backward(ctx.key, x, ctx.tape, do, ds, need_dx), need_dx)
         return (None, None, None, dx, *dstate0, *dparams)
 
 
 # --------------------------------------------------------------------------- custom ops
 def _tape_signature(x, state0, lengths):
-    """What a tape's layout may depend on besides the runner: shapes and which are given."""
-    return int(x.shape[0]), int(x.shape[1]), len(state0), lengths is not None
+    """What a tape's layout may depend on besides the runner: shapes, which are given, and
+    whether x is token ids (their tape keeps the ids, not floats)."""
+    return int(x.shape[0]), int(x.shape[1]), x.dim() == 2, len(state0), lengths is not None
 
 
 def _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape):
@@ -485,7 +494,7 @@ def _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape):
     if not keep_tape:
         return out, state_n, []
     tensors, layout = _tape_to_tensors(tape, known)
-    runner, _ = _runner_for(key, x.dtype, x.device)
+    runner, _ = _runner_for(key, params[0].dtype, x.device)
     sig = _tape_signature(x, state0, lengths)
     first = runner.tape_layouts.setdefault(sig, layout)
     if first.metas != layout.metas:
@@ -497,20 +506,21 @@ def _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape):
 @torch.library.custom_op("gpurnn::layer_forward", mutates_args=())
 def _layer_forward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[Tensor],
                    params: List[Tensor], keep_tape: bool) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
-    """One layer, both directions. x (T, B, I) contiguous; state0: [] (zeros) or one
-    (D, B, H) tensor per state; lengths: host (B,) ints or None; params in _param_names
-    order. Returns out (T, B, D*H), one (D, B, H) tensor per state, and the tape (empty
-    unless keep_tape)."""
+    """One layer, both directions. x (T, B, I) contiguous, or (T, B) integer token ids;
+    state0: [] (zeros) or one (D, B, H) tensor per state; lengths: host (B,) ints or None;
+    params in _param_names order. Returns out (T, B, D*H), one (D, B, H) tensor per state,
+    and the tape (empty unless keep_tape)."""
     return _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape)
 
 
 @_layer_forward.register_fake
 def _layer_forward_fake(key, x, state0, lengths, params, keep_tape):
     config = _LayerConfig.from_key(key)
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     D, H = config.num_directions, config.hidden_size
-    out = x.new_empty((T, B, D * H))
-    state_n = [x.new_empty((D, B, H)) for _ in range(config.n_states)]
+    w = params[0]                   # the float dtype (x may be token ids)
+    out = w.new_empty((T, B, D * H))
+    state_n = [w.new_empty((D, B, H)) for _ in range(config.n_states)]
     tape = []
     if keep_tape:
         tape = [torch.empty(shape, dtype=dtype, device=device)
@@ -521,7 +531,7 @@ def _layer_forward_fake(key, x, state0, lengths, params, keep_tape):
 def _tape_layout(key, x, state0, lengths, params):
     """The tape layout for these shapes, from an earlier call or from one forward on zeros
     (what the fake op runs at compile time the first time it meets a shape)."""
-    runner, _ = _runner_for(key, x.dtype, x.device)
+    runner, _ = _runner_for(key, params[0].dtype, x.device)
     sig = _tape_signature(x, state0, lengths)
     if sig not in runner.tape_layouts:
         from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -539,22 +549,27 @@ def _tape_layout(key, x, state0, lengths, params):
 @torch.library.custom_op("gpurnn::layer_backward", mutates_args=())
 def _layer_backward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[Tensor],
                     params: List[Tensor], out: Tensor, state_n: List[Tensor], tape: List[Tensor],
-                    dout: Tensor, dstate_n: List[Tensor]) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
+                    dout: Tensor, dstate_n: List[Tensor],
+                    need_dx: bool) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """gpurnn's BPTT through a layer_forward's tape: (dx, dstate0 per state, dparams).
-    dstate_n: one tensor per state, or [] for zeros."""
-    runner, conv = _runner_for(key, x.dtype, x.device)
+    dstate_n: one tensor per state, or [] for zeros. need_dx False: the dX GEMM is not run
+    and dx is an empty (0,) tensor (a custom op cannot return None)."""
+    runner, conv = _runner_for(key, dout.dtype, x.device)
     a = conv.to_array
     lens = _host_lengths(lengths, x.shape[0], x.shape[1])
     known = [a(x), *[a(s) for s in state0], *([] if lens is None else [lens]),
              *[a(p) for p in params], a(out), *[a(s) for s in state_n]]
     layout = runner.tape_layouts[_tape_signature(x, state0, lengths)]
-    return _kernel_backward(key, x, _tape_from_tensors(tape, layout, known), dout, dstate_n)
+    dx, dstate0, dparams = _kernel_backward(key, x, _tape_from_tensors(tape, layout, known), dout,
+                                            dstate_n, need_dx)
+    return dx if need_dx else dout.new_empty((0,)), dstate0, dparams
 
 
 @_layer_backward.register_fake
-def _layer_backward_fake(key, x, state0, lengths, params, out, state_n, tape, dout, dstate_n):
-    return (x.new_empty(x.shape), [s.new_empty(s.shape) for s in state_n],
-            [p.new_empty(p.shape) for p in params])
+def _layer_backward_fake(key, x, state0, lengths, params, out, state_n, tape, dout, dstate_n,
+                         need_dx):
+    return (x.new_empty(x.shape) if need_dx else dout.new_empty((0,)),
+            [s.new_empty(s.shape) for s in state_n], [p.new_empty(p.shape) for p in params])
 
 
 def _setup_context(ctx, inputs, output):
@@ -574,10 +589,11 @@ def _layer_forward_backward(ctx, dout, dstate_n, _dtape):
     x, state0 = next(it), take(n_state0)
     lengths = next(it) if has_lengths else None
     params, out, state_n, tape = take(n_params), next(it), take(n_states), list(it)
+    need_dx = bool(ctx.needs_input_grad[1])      # False for ids or x.requires_grad=False
     dx, dstate0, dparams = _backward_body(
         ctx.key, x, state0, lengths, params, dout, dstate_n,
         lambda do, ds: _layer_backward(ctx.key, x, state0, lengths, params, out, state_n, tape,
-                                       do, ds))
+                                       do, ds, need_dx), need_dx)
     return None, dx, dstate0, None, dparams, None
 
 
@@ -605,10 +621,19 @@ def _reverse_within_length(a, lengths):
     return a.gather(0, idx[:, :, None].expand_as(a))
 
 
+def _input_projection(x, w_ih, b_ih):
+    """x W_ih^T + b_ih for floats x (T, B, I); for token ids x (T, B) the gather of W_ih's
+    columns (gpurnn.tokens), which is what F.embedding does with the table W_ih^T."""
+    if x.is_floating_point():
+        return F.linear(x, w_ih, b_ih)
+    g = F.embedding(x, w_ih.t())
+    return g if b_ih is None else g + b_ih
+
+
 def _torch_layer(config, x, state0, lengths, params):
     """One layer, both directions, in torch ops: (out (T, B, D*H), [state (D, B, H)...])."""
     step, H = torch_step(config.spec), config.hidden_size
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     valid = None if lengths is None else (torch.arange(T)[:, None] < lengths[None, :]).to(x.device)
     per_direction = 4 if config.bias else 2
     outs, finals = [], []
@@ -617,8 +642,8 @@ def _torch_layer(config, x, state0, lengths, params):
         b_ih, b_hh = b if config.bias else (None, None)
         seq = x if d == 0 else _reverse_within_length(x, lengths)
         state = (tuple(s[d] for s in state0) if state0
-                 else tuple(x.new_zeros(B, H) for _ in range(config.n_states)))
-        xg_all = F.linear(seq, w_ih, b_ih).split(H, -1)
+                 else tuple(w_ih.new_zeros(B, H) for _ in range(config.n_states)))
+        xg_all = _input_projection(seq, w_ih, b_ih).split(H, -1)
         ys = []
         for t in range(T):
             new = step([g[t] for g in xg_all], F.linear(state[0], w_hh, b_hh).split(H, -1), state)
@@ -700,6 +725,15 @@ def _resolve_backend(requested, device, dtype):
     return be
 
 
+def _is_token_ids(x):
+    """An integer tensor is token ids (one-hot rows); a bool tensor is neither kind."""
+    if x.dtype == torch.bool:
+        raise DtypeError("input: expected floats (T, B, input_size) or integer token ids (T, B),"
+                         " got dtype torch.bool (a one-hot mask: pass the ids, or convert it with"
+                         " .float())")
+    return not (x.is_floating_point() or x.is_complex())
+
+
 def _reject_proj_size(kwargs):
     """torch.nn.RNN and GRU take proj_size only to refuse it, with this error."""
     if "proj_size" in kwargs:
@@ -746,22 +780,26 @@ class _Stack:
                 raise ValueError("lengths: a PackedSequence carries its own lengths; pass either a"
                                  " PackedSequence or a padded tensor with lengths=, not both")
             x, lengths = pad_packed_sequence(input, batch_first=False)   # original batch order
+            tokens = _is_token_ids(x)
         else:
             if not isinstance(input, torch.Tensor):
                 raise TypeError(f"input: expected a torch.Tensor or a PackedSequence, got "
                                 f"{type(input).__name__}")
-            if input.dim() not in (2, 3):
-                raise ValueError(f"input: expected 2 (unbatched) or 3 dimensions, got shape "
+            tokens = _is_token_ids(input)
+            rank = 2 if tokens else 3        # batched; one less unbatched
+            if input.dim() not in (rank - 1, rank):
+                raise ValueError(f"input: expected {rank - 1} (unbatched) or {rank} dimensions"
+                                 f"{' of token ids' if tokens else ''}, got shape "
                                  f"{tuple(input.shape)}")
-            batched = input.dim() == 3
+            batched = input.dim() == rank
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
             if lengths is not None:          # validated by the layer op, on the host
                 lengths = torch.as_tensor(lengths).to("cpu")
-        T, B, I = x.shape
+        T, B = x.shape[:2]
         shape = tuple(input.shape if not packed else x.shape)
-        if I != self.input_size:
+        if not tokens and x.shape[2] != self.input_size:
             raise ShapeError(f"input: expected input_size {self.input_size} in the last dimension,"
                              f" got shape {shape}")
         if T == 0:
@@ -769,7 +807,11 @@ class _Stack:
                              f" shape {shape}")
         w0 = self._first_weight()
         device, dtype = w0.device, w0.dtype
-        if x.dtype != dtype:
+        if tokens:
+            if not torch.compiler.is_compiling():     # data-dependent: the layer op checks too
+                check_token_ids("input", (x if packed else input).detach().cpu().numpy(),
+                                self.input_size)
+        elif x.dtype != dtype:
             raise DtypeError(f"input: expected dtype {dtype} (the weights' dtype), got {x.dtype};"
                              f" convert with input.to({dtype}) or the model with model.to({x.dtype})")
         if x.device != device:

@@ -35,6 +35,41 @@ def check_float_array(name, a, shape, dtype):
     return a
 
 
+def check_input_kind(name, x, layout="T, B"):
+    """What a layer input ``x`` (an array) is: True for integer token ids (2 dimensions,
+    ``layout``), False for floats (3 dimensions, ``layout`` + I; their dtype and size are
+    checked with check_float_array). Bool arrays and other ranks raise, naming both."""
+    kind, shape = np.dtype(x.dtype).kind, tuple(x.shape)
+    accepted = f"floats ({layout}, I) or integer token ids ({layout})"
+    if kind == "b":
+        raise TypeError(f"{name}: expected {accepted}, got dtype bool (a one-hot mask: pass the "
+                        f"ids, or convert it with .astype('float32'))")
+    if kind in "iu" and len(shape) == 2:
+        return True
+    if len(shape) != 3:
+        raise ValueError(f"{name}: expected 3 dimensions ({layout}, I), got shape {shape} of "
+                         f"{np.dtype(x.dtype).name}; the other input accepted is integer token "
+                         f"ids, 2 dimensions ({layout})")
+    return False
+
+
+def check_token_ids(name, ids, size):
+    """Integer token ids must lie in 0..size-1 (size = input_size, the vocabulary: each id
+    names a column of W_ih). ValueError naming the first id out of range, where it is and
+    how many are. Returns ids."""
+    if ids.size:
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= size:
+            host = np.asarray(ids.get() if hasattr(ids, "get") and not isinstance(ids, np.ndarray)
+                              else ids)
+            bad = np.argwhere((host < 0) | (host >= size))
+            where = tuple(int(i) for i in bad[0])
+            raise ValueError(f"{name}: expected token ids in 0..{size - 1} (input_size {size}), "
+                             f"got {int(host[where])} at index {where} ({len(bad)} id(s) out of "
+                             f"range)")
+    return ids
+
+
 def check_lengths(lengths, batch, steps):
     """Validate ``lengths`` (B,) integers in 1..T; returns a host int64 array or None."""
     if lengths is None:

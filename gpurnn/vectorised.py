@@ -6,18 +6,19 @@ NumPy arrays, step by step; the backward runs the derived backward (gpurnn.cells
 NumPy target) from the saved inputs. Its gradients are checked against central finite
 differences of that forward in float64 (tests/test_cells.py), so it checks the compiled
 kernels without sharing their code path. Semantics and shapes as gpurnn.reference, with
-S states instead of (h, c) (gpurnn.contract).
+S states instead of (h, c) (gpurnn.contract); x may be (T, B) token ids (gpurnn.tokens).
 """
 import numpy as np
 
 from .contract import DirectionGrads
+from .tokens import add_input_weight_grad, input_projection, is_token_ids
 
 
 def forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[1]
     G = spec.n_gates
-    dtype = x.dtype
+    dtype = w_hh.dtype
     zero_bias = np.zeros(G * H, dtype)
     has_bias = (b_ih is not None, b_hh is not None)
     b_ih = zero_bias if b_ih is None else b_ih
@@ -28,7 +29,7 @@ def forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
     out = np.zeros((T, B, H), dtype)
     steps = []
     for t in range(T):
-        xg = tuple(np.split(x[t] @ w_ih.T + b_ih, G, axis=1))
+        xg = tuple(np.split(input_projection(np, x[t], w_ih) + b_ih, G, axis=1))
         hg = tuple(np.split(states[0] @ w_hh.T + b_hh, G, axis=1))
         new = [_full(v, (B, H), dtype) for v in spec.forward(xg, hg, tuple(states))]
         steps.append((xg, hg, tuple(states)))
@@ -40,15 +41,16 @@ def forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
     return out, tuple(states), tape
 
 
-def backward(tape, dout, dstate_n, truncate):
+def backward(tape, dout, dstate_n, truncate, need_dx=True):
     spec, x, w_ih, w_hh, valid = (tape[k] for k in ("spec", "x", "w_ih", "w_hh", "valid"))
-    T, B, _ = x.shape
+    T, B = x.shape[:2]
     H = w_hh.shape[1]
     G, S = spec.n_gates, spec.n_states
-    dtype = x.dtype
+    dtype = w_hh.dtype
+    need_dx = need_dx and not is_token_ids(x)       # ids have no gradient
     fwd, bwd = spec.numpy_functions(dtype)
     ds = [np.zeros((B, H), dtype) if d is None else np.array(d, dtype) for d in dstate_n]
-    dx = np.zeros_like(x)
+    dx = np.zeros_like(x) if need_dx else None
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
     db_ih = np.zeros(w_ih.shape[0], dtype)
     db_hh = np.zeros(w_hh.shape[0], dtype)
@@ -66,8 +68,9 @@ def backward(tape, dout, dstate_n, truncate):
         dax = np.where(m, np.concatenate(grads[:G], axis=1), 0)
         dah = np.where(m, np.concatenate(grads[G:2 * G], axis=1), 0)
         direct = grads[2 * G:]
-        dx[t] = dax @ w_ih
-        dw_ih += dax.T @ x[t]
+        if need_dx:
+            dx[t] = dax @ w_ih
+        add_input_weight_grad(np, dw_ih, x[t], dax)
         dw_hh += dah.T @ prev[0]
         db_ih += dax.sum(0)
         db_hh += dah.sum(0)

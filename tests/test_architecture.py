@@ -6,7 +6,8 @@
 
 Every import statement counts, also those inside functions (a lazy import is still a
 dependency). The CPU benchmarks (bench_cpu.py profiles the kernels' phases; bench_vs_commit
-loads two commits' CPU backends) are the CPU backend's own tools and may import its insides.
+loads two commits' CPU backends; bench_tokens.py times the token-input kernels against the
+GEMMs they replace) are the CPU backend's own tools and may import its insides.
 """
 import ast
 import pathlib
@@ -16,7 +17,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "gpurnn"
 BACKENDS = ("gpurnn.cpu", "gpurnn.cuda")
-CPU_TOOLS = ("bench_cpu.py", "bench_vs_commit.py")
+CPU_TOOLS = ("bench_cpu.py", "bench_vs_commit.py", "bench_tokens.py")
 
 
 def module_name(path):

@@ -230,3 +230,49 @@ def test_matches_torch(cell, rng):
     expected["dstate0"] = np.concatenate([s0.grad.numpy() for s0 in state0])
     expected.update({f"grad {k}": p.grad.numpy() for k, p in theirs.named_parameters()})
     assert_all_close(mine, expected, "float64", TOLERANCE["float64"])
+
+
+def test_need_dx_false_and_token_ids_run_no_dx_gemm(monkeypatch, rng):
+    """The dX GEMM (dG_x W_ih) is not run at all for need_dx=False or token ids; token ids
+    run no GEMM with X either (the gather and the scatter-add replace them)."""
+    from gpurnn.cpu import kernels
+    calls = []
+    real = kernels.gemm
+    monkeypatch.setattr(kernels, "gemm", lambda a, b, out, *args: (calls.append(out.shape),
+                                                                   real(a, b, out, *args)))
+    be, spec = CpuBackend(poison=True), gpurnn.cells.get_cell("lstm")
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H))
+    dout = rng.standard_normal((T, B, H))
+    x, ids = rng.standard_normal((T, B, I)), rng.integers(0, I, (T, B))
+
+    def backward_gemms(x, need_dx):
+        tape = be.forward(spec, x, w_ih, w_hh, None, None, (None, None), None)[2]
+        calls.clear()
+        g = be.backward(tape, dout, (None, None), None, need_dx=need_dx)
+        return g, sorted(calls)
+
+    dense, gemms = backward_gemms(x, True)
+    assert dense.dx.shape == (T, B, I) and gemms == sorted([(T * B, I), (4 * H, I), (4 * H, H)])
+    g, gemms = backward_gemms(x, False)
+    assert g.dx is None and gemms == sorted([(4 * H, I), (4 * H, H)])
+    g, gemms = backward_gemms(ids, True)
+    assert g.dx is None and gemms == [(4 * H, H)]
+
+
+def test_token_scatter_is_bitwise_the_same_for_any_thread_split(rng):
+    """The scatter-add splits by dW_ih rows and sums each element's tokens in row order,
+    so 1 and 2 threads (and the gather split by rows) give identical bits."""
+    from gpurnn.cpu.kernels import SplitRules
+    ids = rng.integers(0, 4, (9, 11))              # many repeats of 4 ids
+    dout = rng.standard_normal((9, 11, H)).astype(np.float32)
+    results = []
+    for threads in (1, 2):
+        split = SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)
+        model = gpurnn.GRU(4, H, backend=CpuBackend(threads=threads, split=split, poison=True),
+                           seed=1)
+        out, _ = model(ids)
+        model.backward(dout)
+        assert model.last_plans["backward"][0][0]["split"][1] == threads
+        results.append((out, model.grads["weight_ih_l0"].copy()))
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)

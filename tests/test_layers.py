@@ -154,6 +154,29 @@ def test_window_driver_calls_after_window_and_rejects_bidirectional(rng):
         gpurnn.tbptt_windows(model, x, 0, None)
 
 
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_window_driver_takes_token_ids(batch_first, backend, rng):
+    """tbptt_windows over integer ids (T, B) / (B, T) runs what it runs over their one-hot
+    rows: the same losses, state and gradients (dx is skipped either way)."""
+    model = _model("lstm", backend, num_layers=2, batch_first=batch_first)
+    ids = rng.integers(0, 5, (2, 8) if batch_first else (8, 2))
+    g = rng.standard_normal((2, 8, 6) if batch_first else (8, 2, 6))
+
+    def run(x):
+        model.zero_grad()
+        window = (lambda a, s: a[:, s:s + 3]) if batch_first else (lambda a, s: a[s:s + 3])
+        losses, state = gpurnn.tbptt_windows(
+            model, x, 3, lambda out, s: (float(np.sum(out * window(g, s))), window(g, s)))
+        return losses, state_parts(state), {n: v.copy() for n, v in model.grads.items()}
+
+    (losses, state, grads), (want, want_state, want_grads) = run(ids), run(np.eye(5)[ids])
+    assert losses == pytest.approx(want, rel=1e-12)
+    for a, b in zip(state, want_state):
+        np.testing.assert_array_equal(a, b)
+    for n in grads:
+        np.testing.assert_allclose(grads[n], want_grads[n], rtol=1e-12, atol=1e-14, err_msg=n)
+
+
 @pytest.mark.parametrize("cell", ALL_CELLS)
 def test_grads_accumulate_and_zero(cell, backend, rng):
     model = _model(cell, backend, bidirectional=True)

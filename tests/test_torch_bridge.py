@@ -571,3 +571,98 @@ def test_bad_inputs_name_the_argument():
         m(pack_padded_sequence(x, [5, 4, 2]), lengths=[5, 4, 2])
     with pytest.raises(TypeError, match="PackedSequence"):
         m(x.numpy())
+
+
+# ----------------------------------------------------------------------------- token ids, need_dx
+class _NeedDxSpy(gpurnn.backend.NumpyBackend):
+    """The numpy backend, recording the need_dx of every backward call (layer 0 first
+    backward-called last: the layers run top down)."""
+
+    def __init__(self):
+        super().__init__()
+        self.need_dx = []
+
+    def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
+        self.need_dx.append(need_dx)
+        return super().backward(tape, dout, dstate_n, truncate, need_dx)
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_input_without_grad_skips_the_dx_gemm(cell):
+    """ctx.needs_input_grad: with x.requires_grad=False the first layer's backward gets
+    need_dx=False (no dX GEMM) and the weights' gradients are exactly the same."""
+    spy = _NeedDxSpy()
+    ours, _ = make_pair(cell, backend=spy, num_layers=2)
+    x = torch.randn(T, B, I, dtype=torch.float64)
+
+    def weight_grads(x):
+        ours.zero_grad(set_to_none=True)
+        spy.need_dx.clear()
+        out, hn = ours(x)
+        (out.sin().sum() + sum(s.sum() for s in states(hn))).backward()
+        return [p.grad.clone() for p in ours.parameters()], list(spy.need_dx)
+
+    leaf = x.clone().requires_grad_()
+    with_grad, calls_with = weight_grads(leaf)
+    without, calls_without = weight_grads(x)
+    assert leaf.grad is not None and x.grad is None
+    assert calls_with == [True, True] and calls_without == [True, False]   # layer 1, layer 0
+    for a, b in zip(with_grad, without):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("cell", sorted(CELLS))
+def test_token_ids_equal_their_one_hot_rows(cell, backend):
+    """An integer tensor of ids is the one-hot float input (the extension documented in
+    gpurnn.torch): same outputs, same gradients, batch_first, unbatched and packed."""
+    ours, _ = make_pair(cell, backend=backend, num_layers=2, bidirectional=True,
+                        batch_first=True)
+    ids = torch.randint(0, I, (B, T), generator=torch.Generator().manual_seed(1))
+    one_hot = torch.nn.functional.one_hot(ids, I).to(torch.float64)
+
+    def run(x):
+        ours.zero_grad(set_to_none=True)
+        out, hn = ours(x)
+        (out.sin().sum() + sum(s.sum() for s in states(hn))).backward()
+        return out.detach(), [p.grad.clone() for p in ours.parameters()]
+
+    (out, grads), (want, want_grads) = run(ids), run(one_hot)
+    assert torch.equal(out, want)
+    for g, w in zip(grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours(ids[0])[0], ours(one_hot[0])[0], rtol=0, atol=0)  # (T,)
+    packed = pack_padded_sequence(ids, [5, 4, 2], batch_first=True)
+    packed_one_hot = pack_padded_sequence(one_hot, [5, 4, 2], batch_first=True)
+    torch.testing.assert_close(ours(packed)[0].data, ours(packed_one_hot)[0].data, rtol=0, atol=0)
+
+
+def test_bad_token_ids_name_the_argument():
+    m = gt.GRU(I, H, backend="numpy", batch_first=True)
+    ids = torch.zeros(B, T, dtype=torch.int64)
+    with pytest.raises(ValueError, match=r"input: expected token ids in 0\.\.2 \(input_size 3\), "
+                                         r"got 3 at index \(1, 4\)"):
+        m(ids.index_put((torch.tensor(1), torch.tensor(4)), torch.tensor(3)))
+    with pytest.raises(ValueError, match=r"input: expected token ids in 0\.\.2.*got -1"):
+        m(ids - 1)
+    with pytest.raises(TypeError, match=r"input: expected floats .* or integer token ids .*"
+                                        r"got dtype torch.bool"):
+        m(ids.bool())
+    with pytest.raises(ValueError, match=r"input: expected 1 \(unbatched\) or 2 dimensions of "
+                                         r"token ids, got shape \(3, 5, 1\)"):
+        m(ids[..., None])
+
+
+def test_double_backward_through_token_ids():
+    """create_graph=True differentiates the torch-ops recurrence, whose projection of ids is
+    F.embedding of W_ih^T: the same gradients as for the one-hot input."""
+    torch.manual_seed(4)
+    m = gt.LSTM(I, H, dtype=torch.float64, backend="numpy")
+    ids = torch.tensor([[0, 2, 1], [2, 2, 0]])
+    one_hot = torch.nn.functional.one_hot(ids, I).to(torch.float64)
+    w = m.weight_ih_l0
+    penalties = []
+    for x in (ids, one_hot):
+        (g,) = torch.autograd.grad(m(x)[0].pow(2).sum(), w, create_graph=True)
+        penalties.append(torch.autograd.grad(g.pow(2).sum(), w)[0])
+    torch.testing.assert_close(penalties[0], penalties[1], rtol=1e-12, atol=1e-12)

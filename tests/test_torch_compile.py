@@ -95,3 +95,30 @@ def test_custom_ops_pass_torch_library_opcheck():
     s0 = [torch.randn(2, 2, 3, dtype=torch.float64) for _ in range(2)]
     params = [p.detach().clone().requires_grad_() for p in m._layer_params(0)]
     torch.library.opcheck(gt._layer_forward, (key, x, s0, torch.tensor([4, 2]), params, True))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpu"])
+def test_compiled_token_ids_and_inputs_without_grad_match_eager(backend):
+    """Token ids and inputs that need no gradient (layer_backward's need_dx=False: no dX
+    GEMM, an empty dx) compile with fullgraph=True to the eager gradients."""
+    if backend not in gpurnn.available_backends():
+        pytest.skip(f"the {backend!r} backend is not available here")
+    torch.manual_seed(5)
+    m = gt.LSTM(4, 3, num_layers=2, dtype=torch.float64, backend=backend)
+    ids = torch.randint(0, 4, (6, 2))
+    x = torch.nn.functional.one_hot(ids, 4).to(torch.float64)
+
+    def f(inp):
+        out, _ = m(inp)
+        return out.sin().sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    grads = []
+    for fn, inp in ((f, x), (compiled, x), (compiled, ids), (f, ids)):
+        m.zero_grad(set_to_none=True)
+        fn(inp).backward()
+        grads.append([p.grad.clone() for p in m.parameters()])
+    for other in grads[1:]:
+        for g, e in zip(other, grads[0]):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)

@@ -6,7 +6,7 @@ minimises -sum_t log P(x_t | x_<t) over windows of k characters:
 
     for each step:
         x, y   = the next k characters of each of B streams, and the same shifted by one
-        H, s   = rnn(onehot(x), s)          # s carried over from the previous window...
+        H, s   = rnn(x, s)                  # x: ids = one-hot rows; s carried over...
         loss   = cross_entropy(H W + b, y)  # ...but its gradient is stopped there (TBPTT)
         backward, clip the global gradient norm, optimizer step
 
@@ -25,7 +25,7 @@ from ..arrays import to_numpy
 from ..cells import get_cell, names
 from ..layers import make_layer
 from ..train.checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
-from ..train.data import TextError, Vocabulary, as_streams, one_hot, split_train_val
+from ..train.data import TextError, Vocabulary, as_streams, split_train_val
 from ..train.losses import LN2, OutputLayer, unigram_entropy_bits
 from ..train.optim import clip_grad_norm, make_optimizer, prefixed, unprefixed
 from ..train.tbptt import tbptt_window, window_at
@@ -178,7 +178,11 @@ class CharLM:
         self.head.load_state_dict(unprefixed(sd, "head"))
 
     def inputs(self, ids):
-        return self._backend.asarray(one_hot(ids, self.vocab_size, self.dtype))
+        """The RNN's input for character ids (T, B): the ids themselves, as int64 token
+        inputs (gpurnn.layers): the first layer gathers W_ih's columns instead of
+        multiplying by one_hot(ids), the same numbers without the (T, B, V) matrix, its
+        dense GEMMs and a dx nobody uses."""
+        return self._backend.asarray(np.asarray(ids, np.int64))
 
     def train_window(self, x_ids, y_ids, state):
         """Forward + backward on one (k, B) window. Returns (mean loss in nats, new state);

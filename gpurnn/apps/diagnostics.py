@@ -82,8 +82,8 @@ def state_jacobians(model, x):
     for t in range(T):
         xt = np.repeat(x[t][None, None, :].astype(model.dtype), S, axis=1)      # (1, S, I)
         out, new_state = model(xt, tuple(np.repeat(s, S, axis=1) for s in state))
-        _, dstate0 = model.backward(np.zeros_like(out),
-                                    tuple(probe[None, :, k * H:(k + 1) * H] for k in range(n_states)))
+        probes = tuple(probe[None, :, k * H:(k + 1) * H] for k in range(n_states))
+        _, dstate0 = model.backward(np.zeros_like(out), probes, need_dx=False)
         J[t] = np.concatenate([d[0] for d in dstate0], axis=1)
         state = tuple(s[:, :1] for s in new_state)
         hs[t] = out[0, 0]

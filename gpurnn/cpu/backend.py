@@ -2,7 +2,8 @@
 
 Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_hh (G*H, H)):
 
-  forward   gx  = X W_ih^T                      GEMM over all T*B rows (kernels.gemm)
+  forward   gx  = X W_ih^T                      GEMM over all T*B rows (kernels.gemm);
+                                                 token ids x (T, B): a gather of W_ih's columns
             forward_part(...)                    per step h @ W_hh^T + njit fused cell (+ b_ih + b_hh)
 
 The GEMMs go to MKL where one is found and the layer is float32 (gpurnn.cpu.mkl: the
@@ -10,6 +11,7 @@ per-step products by its packed GEMM, the big ones by its plain one, each part o
 thread), else to NumPy's OpenBLAS; tape["plan"]["products"] says which ran.
   backward  backward_part(...)                   reverse steps, njit fused cell + dgh W_hh
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
+            (no dX with need_dx=False or token ids; their dW_ih is a scatter-add, cpu.tokens)
 
 Any registered cell (gpurnn.cells): its generated scalar forward/backward are fused into
 the row functions (gpurnn.cpu.rows). The tape keeps the cell's V saved values (the first G
@@ -29,6 +31,7 @@ DirectionGrads.plan) says how each call split.
 import numpy as np
 
 from ..contract import DirectionGrads, HostBackend, decline
+from ..tokens import is_token_ids
 
 GEMMS = ("auto", "mkl", "openblas")
 
@@ -133,10 +136,10 @@ class CpuBackend(HostBackend):
     def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
         from .kernels import Plan, recurrence_kernels, transpose
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
-        T, B, I = x.shape
+        T, B = x.shape[:2]
         GH, H = w_hh.shape
         S, V, G = spec.n_states, spec.n_saves, spec.n_gates
-        dtype = x.dtype
+        dtype = w_hh.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
         products, declined = self._products(dtype)
         plan = Plan(T, B, H, GH, self._threads(), self.split, products)
@@ -156,10 +159,10 @@ class CpuBackend(HostBackend):
             w_hh_t = self._empty((H, GH), dtype)
             transpose(w_hh, w_hh_t)
         forward_part, _ = recurrence_kernels(spec, dtype.name)
-        x2, gx2 = x.reshape(T * B, I), gx.reshape(T * B, GH)
+        project = self._input_projection(x, w_ih, gx.reshape(T * B, GH), plan)
 
         def part(p):
-            plan.gemm(x2, w_ih.T, gx2, p)                      # gx = X W_ih^T, by rows
+            project(p)                                         # gx = X W_ih^T, by rows
             plan.meet(p)
             forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out,
                          self.transposed_forward)
@@ -173,34 +176,38 @@ class CpuBackend(HostBackend):
         return out, tuple(st[s, T].copy() for s in range(S)), tape
 
     # ------------------------------------------------------------------ backward
-    def backward(self, tape, dout, dstate_n, truncate):
+    def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
         from .kernels import recurrence_kernels
         spec, x, w_ih, w_hh, st = (tape[k] for k in ("spec", "x", "w_ih", "w_hh", "st"))
-        T, B, I = x.shape
+        T, B = x.shape[:2]
         GH, H = w_hh.shape
-        dtype = x.dtype
+        I = w_ih.shape[1]
+        dtype = w_hh.dtype
+        need_dx = need_dx and not is_token_ids(x)        # ids have no gradient
 
         ds = self._empty((spec.n_states, B, H), dtype)      # carried dL/d state
         for s, value in enumerate(dstate_n):
             ds[s] = 0 if value is None else value
         dgx = self._empty((T, B, GH), dtype)
         dgh = dgx if spec.all_tied else self._empty((T, B, GH), dtype)
-        dx = self._empty((T, B, I), dtype)
+        dx = self._empty((T, B, I), dtype) if need_dx else None
         dw_ih = self._empty((GH, I), dtype)
         dw_hh = self._empty((GH, H), dtype)
         dout = np.ascontiguousarray(dout, dtype)
         truncate = 0 if truncate is None else int(truncate)
         plan = tape["plan_split"].for_backward(dtype)
         _, backward_part = recurrence_kernels(spec, dtype.name)
-        dgx2, dgh2, x2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH), x.reshape(T * B, I)
+        dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
         h_prev2 = st[0, :T].reshape(T * B, H)
+        input_weight_grad = self._input_weight_grad(x, dgx2, dw_ih, plan)
 
         def part(p):
             backward_part(plan, p, tape["acts"], st, tape["aux"], w_hh, tape["w_hh_t"],
                           tape["lengths"], truncate, dout, ds, dgx, dgh)
             plan.meet(p)
-            plan.gemm(dgx2, w_ih, dx.reshape(T * B, I), p)           # dX = dG_x W_ih
-            plan.gemm(dgx2.T, x2, dw_ih, p)                          # dW_ih = dG_x^T X
+            if need_dx:
+                plan.gemm(dgx2, w_ih, dx.reshape(T * B, I), p)       # dX = dG_x W_ih
+            input_weight_grad(p)                                     # dW_ih = dG_x^T X
             plan.gemm(dgh2.T, h_prev2, dw_hh, p)                     # dW_hh = dG_h^T H_prev
         plan.run(part)
         has_b_ih, has_b_hh = tape["has_bias"]
@@ -211,6 +218,34 @@ class CpuBackend(HostBackend):
         return DirectionGrads(dx=dx, dstate0=tuple(ds), dw_ih=dw_ih, dw_hh=dw_hh,
                               db_ih=db_ih, db_hh=db_hh,
                               plan={**tape["plan"], "split": plan.describe()})
+
+    # ------------------------------------------------------------------ input side
+    # part(p) functions for the GEMMs with X, split as the plan's parts are.
+    # x: (T, B, I) floats, or (T, B) int64 token ids (one-hot rows; gpurnn.tokens).
+    def _input_projection(self, x, w_ih, gx2, plan):
+        """Writes gx2 (T*B, G*H) = X W_ih^T, this part's rows: a GEMM, or for token ids
+        a gather of rows of W_ih^T (one contiguous copy per token, cpu.tokens)."""
+        from .kernels import transpose
+        TB, n = gx2.shape[0], plan.nparts
+        if not is_token_ids(x):
+            x2 = x.reshape(TB, -1)
+            return lambda p: plan.gemm(x2, w_ih.T, gx2, p)
+        from .tokens import gather_rows
+        w_ih_t = self._empty(w_ih.shape[::-1], w_ih.dtype)     # (I, G*H): a row per id
+        transpose(w_ih, w_ih_t)
+        ids = x.reshape(TB)
+        return lambda p: gather_rows(w_ih_t, ids, gx2, TB * p // n, TB * (p + 1) // n)
+
+    def _input_weight_grad(self, x, dgx2, dw_ih, plan):
+        """Writes dw_ih (G*H, I) = dG_x^T X, this part's share: a GEMM by rows, or for
+        token ids the scatter-add by blocks of dW_ih's rows (no races; cpu.tokens)."""
+        (TB, GH), n = dgx2.shape, plan.nparts
+        if not is_token_ids(x):
+            x2 = x.reshape(TB, -1)
+            return lambda p: plan.gemm(dgx2.T, x2, dw_ih, p)
+        from .tokens import scatter_add_columns
+        ids = x.reshape(TB)
+        return lambda p: scatter_add_columns(dgx2, ids, dw_ih, GH * p // n, GH * (p + 1) // n)
 
 
 def tape_nbytes(tape):

@@ -7,10 +7,13 @@ The contract and shapes are gpurnn.contract's: any registered cell (a CellSpec w
 gates and S states), state0 / state_n / dstate_n / dstate0 tuples of S (B, H) arrays.
 The kernels are generated from the spec (gpurnn.cuda.kernels). Data flow
 (kernels_docs/cuda.md):
-  1. Gx = X W_ih^T + b_ih                       one GEMM (cuBLAS via CuPy, else Numba gemm)
+  1. Gx = X W_ih^T + b_ih                       one GEMM (cuBLAS via CuPy, else Numba gemm);
+                                                token ids x (T, B): a gather (gpurnn.tokens)
   2. recurrence                                 fwd_step x T launches, or fwd_persist x 1
   3. reverse loop                               bwd_step x (T+1), or bwd_persist x 1
   4. dW_hh = dGh^T H_prev, dW_ih = dGx^T X, dX = dGx W_ih, db = column sums   (GEMMs)
+     no dX with need_dx=False or token ids, whose dW_ih is a scatter-add (gpurnn.tokens:
+     CuPy's atomic add.at on the device; without CuPy on a host copy of dGx)
 
 Arrays: ``xp`` is CuPy on a real GPU with CuPy installed, else NumPy. With CuPy every
 buffer is a CuPy array handed to the Numba kernels through __cuda_array_interface__
@@ -56,6 +59,7 @@ from numba import cuda
 
 from ..cells import get_cell
 from ..contract import DirectionGrads, FallbackError, decline, strict  # noqa: F401 (re-exported)
+from ..tokens import gather_columns, is_token_ids, scatter_add_columns
 from . import kernels as K
 
 SMEM_DYN_LIMIT = 48 * 1024      # dynamic shared memory without the opt-in attribute
@@ -537,7 +541,7 @@ class CudaBackend:
         T, B = int(x.shape[0]), int(x.shape[1])
         H = int(w_hh.shape[1])
         dev = cuda.get_current_device().name
-        key = shape_class(spec.name, B, H, np.dtype(x.dtype).name,
+        key = shape_class(spec.name, B, H, np.dtype(w_hh.dtype).name,
                           dev.decode() if isinstance(dev, bytes) else str(dev))
 
         def trial(algo):
@@ -548,7 +552,7 @@ class CudaBackend:
 
             def run():
                 out, _, tape = be.forward(spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths)
-                be.backward(tape, self.xp.ones((T, B, H), x.dtype), None, None)
+                be.backward(tape, self.xp.ones((T, B, H), w_hh.dtype), None, None, need_dx=False)
             return run
 
         win = self._tuner.choose(key, {"step": trial("step"), "persistent": trial("persistent")})
@@ -583,17 +587,18 @@ class CudaBackend:
     # ------------------------------------------------------------------ forward
     def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
         spec = get_cell(spec)
-        T, B, I = (int(s) for s in x.shape)
-        H = int(w_hh.shape[1])
+        T, B = (int(s) for s in x.shape[:2])
+        I, H = int(w_ih.shape[1]), int(w_hh.shape[1])
         G, S, V = spec.n_gates, spec.n_states, spec.n_saves
         GH = G * H
         state0 = (None,) * S if state0 is None else tuple(state0)
         if len(state0) != S:
             raise ValueError(f"state0: cell {spec.name!r} has {S} states {spec.states}, "
                              f"got a tuple of {len(state0)}")
-        dtype = np.dtype(x.dtype)
-        xd = self._dev(x, dtype)
-        wih = self._dev(w_ih, dtype)
+        dtype = np.dtype(w_hh.dtype)
+        tokens = is_token_ids(x)
+        xd = x if tokens else self._dev(x, dtype)    # ids stay xp arrays: the scatter's
+        wih = None if tokens else self._dev(w_ih, dtype)     # for GEMM 1 and dX only
         whh = self._dev(w_hh, dtype)
         wt = self._dev(self.xp.ascontiguousarray(w_hh.T), dtype)
         bih = self._dev(b_ih, dtype)
@@ -601,7 +606,11 @@ class CudaBackend:
         lens_host = np.full(B, T, np.int32) if lengths is None else np.asarray(lengths, np.int32)
         lens = self._from_host(lens_host)
 
-        gx = self._mm(dtype, xd, (T * B, I), False, wih, (GH, I), True, bih)
+        if tokens:     # xp: CuPy on the device, else NumPy on the host, then copied over
+            g = gather_columns(self.xp, w_ih, x)
+            gx = self._dev(g if b_ih is None else g + b_ih, dtype)
+        else:
+            gx = self._mm(dtype, xd, (T * B, I), False, wih, (GH, I), True, bih)
         st = self._states(state0, S, B, H, dtype, T)
         act = self._empty(T * B * V * H, dtype) if V else self._zeros(1, dtype)
         out = self._empty(T * B * H, dtype)
@@ -636,8 +645,10 @@ class CudaBackend:
         return out_x, state_n, tape
 
     # ------------------------------------------------------------------ backward
-    def backward(self, tape, dout, dstate_n, truncate):
+    def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
         spec, T, B, I, H, dtype = (tape[k] for k in ("spec", "T", "B", "I", "H", "dtype"))
+        tokens = is_token_ids(tape["x"])
+        need_dx = need_dx and not tokens                   # ids have no gradient
         G, S = spec.n_gates, spec.n_states
         GH = G * H
         dstate_n = (None,) * S if dstate_n is None else tuple(dstate_n)
@@ -673,17 +684,25 @@ class CudaBackend:
                            lambda t: (t, T, B, H, trunc) + a, plan)
 
         TB = T * B
+        o = self._out
         dw_hh = self._mm(dtype, dgh, (TB, GH), True, st, (TB, H), False)   # st[0, :T] = h_{t-1}
-        dw_ih = self._mm(dtype, dgx, (TB, GH), True, tape["x"], (TB, I), False)
-        dx = self._mm(dtype, dgx, (TB, GH), False, tape["w_ih"], (GH, I), False)
+        dw_ih = None if tokens else self._mm(dtype, dgx, (TB, GH), True, tape["x"], (TB, I), False)
+        dx = None
+        if need_dx:
+            dx = self._mm(dtype, dgx, (TB, GH), False, tape["w_ih"], (GH, I), False)
         has_b_ih, has_b_hh = tape["has_bias"]
         db_ih = self._colsum(dtype, dgx, TB, GH) if has_b_ih else None
         db_hh = self._colsum(dtype, dgh, TB, GH) if has_b_hh else None
-        o = self._out
+        if tokens:     # on xp, as the forward's gather: CuPy on the device, else a host copy
+            dg = dgx[:TB * GH].reshape(TB, GH) if self._cp is not None else o(dgx, 0, (TB, GH))
+            dw_ih = scatter_add_columns(self.xp, self.xp.zeros((GH, I), dtype),
+                                        tape["x"].reshape(TB), dg)
+        else:
+            dw_ih = o(dw_ih, 0, (GH, I))
         return DirectionGrads(
-            dx=o(dx, 0, (T, B, I)),
+            dx=o(dx, 0, (T, B, I)) if need_dx else None,
             dstate0=tuple(o(ds0, s * B * H, (B, H)) for s in range(S)),
-            dw_ih=o(dw_ih, 0, (GH, I)), dw_hh=o(dw_hh, 0, (GH, H)),
+            dw_ih=dw_ih, dw_hh=o(dw_hh, 0, (GH, H)),
             db_ih=o(db_ih, 0, (GH,)) if db_ih is not None else None,
             db_hh=o(db_hh, 0, (GH,)) if db_hh is not None else None,
             plan=plan)

@@ -35,7 +35,8 @@ def tbptt_window(model, inputs, loss_fn, state=None, start=0):
     """Forward and backward of one window; gradients accumulate in ``model.grads``.
 
     model    a gpurnn recurrent layer (gpurnn.RNN/LSTM/GRU/Recurrent)
-    inputs   the window's input, (k, B, I) or (B, k, I) with model.batch_first
+    inputs   the window's input, (k, B, I) or (B, k, I) with model.batch_first; or
+             integer token ids (k, B) / (B, k) (one-hot rows, gpurnn.layers)
     loss_fn  loss_fn(out, start) -> (loss, dout): the window's loss (anything; passed
              through) and its gradient w.r.t. ``out`` (same shape)
     state    the carried state as model(x, state) takes it, or None (zeros); its gradient
@@ -43,12 +44,14 @@ def tbptt_window(model, inputs, loss_fn, state=None, start=0):
     start    the window's first step in the whole sequence, passed to ``loss_fn``
 
     Runs inside the backend's compute_scope (gpurnn.contract: on "cpu" BLAS stays at one
-    thread beside the layers), loss_fn included. Returns (loss, new state).
+    thread beside the layers), loss_fn included. The inputs are data: their gradient is
+    not computed (need_dx=False skips the first layer's dX GEMM). Returns (loss, new state).
     """
     with compute_scope(model.backend_impl):
         out, state = model(inputs, state)
         loss, dout = loss_fn(out, start)
-        model.backward(dout)          # no dh_n: the carried state's gradient is stopped
+        # no dh_n: the carried state's gradient is stopped; no dx: nobody reads it
+        model.backward(dout, need_dx=False)
     return loss, state
 
 
@@ -65,7 +68,8 @@ def tbptt_windows(model, x, k, loss_fn, state=None, after_window=None, first=0):
 
     model         a gpurnn RNN/LSTM/GRU/Recurrent (unidirectional: the reverse direction
                   would need the future of each window)
-    x             (T, B, I), or (B, T, I) with model.batch_first; the last window may be shorter
+    x             (T, B, I), or (B, T, I) with model.batch_first, or integer token ids
+                  (T, B) / (B, T); the last window may be shorter
     k             window length >= 1
     loss_fn       loss_fn(out_window, start) -> (loss, dout_window): the window's loss and
                   its gradient w.r.t. out_window (same shape); start = first step index
@@ -85,8 +89,9 @@ def tbptt_windows(model, x, k, loss_fn, state=None, after_window=None, first=0):
         raise ValueError("model: tbptt_windows needs a unidirectional model (bidirectional=False);"
                          " use model.backward(dout, truncate=k) for a bidirectional one")
     time_axis = 1 if model.batch_first else 0
-    if getattr(x, "ndim", None) != 3:
-        raise ValueError(f"x: expected 3 dimensions, got shape {getattr(x, 'shape', type(x).__name__)}")
+    if getattr(x, "ndim", None) not in (2, 3):      # 2: token ids (the layer checks them)
+        raise ValueError(f"x: expected 3 dimensions, or 2 of integer token ids, got shape "
+                         f"{getattr(x, 'shape', type(x).__name__)}")
     T = x.shape[time_axis]
     losses = []
     for start in range(first * k, T, k):
