@@ -27,7 +27,7 @@ from ..layers import make_layer
 from ..train.checkpoint import Checkpoint, CheckpointError, check_config_matches, load_checkpoint, save_checkpoint
 from ..train.data import TextError, Vocabulary, as_streams, split_train_val
 from ..train.losses import LN2, OutputLayer, unigram_entropy_bits
-from ..train.optim import clip_grad_norm, make_optimizer, prefixed, unprefixed
+from ..train.optim import clip_scale, global_norm, make_optimizer, prefixed, unprefixed
 from ..train.tbptt import tbptt_window, window_at
 from ..validation import physical_memory
 
@@ -294,11 +294,12 @@ class Trainer:
         self.lm.zero_grad()
         loss, state = self.lm.train_window(x, y, carried)
         grads = self.lm.grads()
-        norm = clip_grad_norm(grads, self.config.clip)
+        norm = global_norm(grads)
         for what, value in (("loss", loss), ("gradient norm", norm)):
             if not math.isfinite(value):
                 raise TrainingDiverged(self.step + 1, what, value, self.config)
-        self.optimizer.step(self.lm.parameters(), grads)
+        # the clip factor is applied inside the update (one pass per parameter, grads unchanged)
+        self.optimizer.step(self.lm.parameters(), grads, clip_scale(norm, self.config.clip))
         self.state = state
         self.train_seconds += time.perf_counter() - t0
         self.step += 1

@@ -11,7 +11,10 @@ by the number of symbols and by ln 2 it is bits per character (bpc).
 
 ``cross_entropy`` fuses softmax and the log-likelihood: it never forms probabilities that
 could under/overflow (log-sum-exp with the row maximum subtracted), and its gradient is
-the familiar softmax(O) - onehot(target).
+the familiar softmax(O) - onehot(target). ``OutputLayer.loss_and_backward`` computes the
+same on host arrays as two GEMMs on the backend's matmul with compiled passes between them
+(gpurnn.train.fused: bias, shift, exp, normalise, log-likelihood, one-hot, scale, bias
+gradient, in buffers kept across steps).
 """
 import math
 
@@ -35,17 +38,14 @@ def cross_entropy(logits, targets, reduction="mean"):
     """Softmax cross-entropy of ``logits`` (N, V) against integer ``targets`` (N,).
 
     Returns (loss, dlogits): the loss in nats (a Python float; mean or sum over the N rows)
-    and its gradient w.r.t. ``logits``.
+    and its gradient w.r.t. ``logits``. Plain array expressions (NumPy or CuPy); the output
+    layer fuses the same on host arrays (OutputLayer.loss_and_backward).
     """
     xp = array_module(logits)
     if logits.ndim != 2:
         raise ValueError(f"logits: expected shape (N, V), got {tuple(logits.shape)}")
     targets = xp.asarray(targets)
-    if targets.shape != logits.shape[:1]:
-        raise ValueError(f"targets: expected shape ({logits.shape[0]},) to match logits, "
-                         f"got {tuple(targets.shape)}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
+    _check_xent(logits.shape[0], targets.shape, reduction)
     n = logits.shape[0]
     logp = log_softmax(logits)
     rows = xp.arange(n)
@@ -56,6 +56,15 @@ def cross_entropy(logits, targets, reduction="mean"):
         nll /= max(n, 1)
         dlogits /= max(n, 1)
     return nll, dlogits
+
+
+def _check_xent(n, targets_shape, reduction):
+    """ValueError unless ``targets_shape`` is (n,) and ``reduction`` is mean or sum."""
+    if tuple(targets_shape) != (n,):
+        raise ValueError(f"targets: expected shape ({n},) to match logits, "
+                         f"got {tuple(targets_shape)}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction: expected 'mean' or 'sum', got {reduction!r}")
 
 
 def nats_to_bits(nats):
@@ -79,9 +88,15 @@ class OutputLayer:
     are ``backend``'s (a name or a backend object, gpurnn.get_backend), and its three
     products are the backend contract's ``matmul`` (on "cpu" split over the cores the way
     the layers are).
+
+    ``fused`` (default True): on NumPy arrays, everything between the GEMMs runs as the
+    compiled passes of gpurnn.train.fused on buffers this layer keeps across calls; False,
+    or arrays of another kind (CuPy), runs ``cross_entropy``'s array expressions.
+    ``path`` says which the last ``loss_and_backward`` ran: "fused", or "plain: <why>".
     """
 
-    def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, backend="numpy"):
+    def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, backend="numpy",
+                 fused=True):
         from ..backend import get_backend
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.vocab_size = check_positive_int("vocab_size", vocab_size)
@@ -96,6 +111,9 @@ class OutputLayer:
         }
         self.grads = {}
         self.zero_grad()
+        self.fused = bool(fused)
+        self.path = None
+        self._buffers = {}      # the fused path's host work arrays, by name
 
     def _matmul(self, a, b):
         return matmul(self.backend, a, b)
@@ -115,15 +133,63 @@ class OutputLayer:
 
     def loss_and_backward(self, h, targets, reduction="mean"):
         """Cross-entropy of the next-symbol prediction from ``h`` (..., H) against integer
-        ``targets`` (...). Accumulates dW, db into ``grads``; returns (loss_nats, dh)."""
+        ``targets`` (..., the same N = prod(...) entries). Accumulates dW = H^T dlogits and
+        db = column sums of dlogits into ``grads``; returns (loss_nats, dh = dlogits W^T)."""
         lead = h.shape[:-1]
         h2 = h.reshape(-1, self.hidden_size)
-        loss, dlogits = cross_entropy(self.logits(h2), self.xp.asarray(targets).reshape(-1), reduction)
-        dlogits = dlogits.astype(self.dtype, copy=False)
+        self.path = self._path(h2)
+        if self.path == "fused":
+            loss, dlogits = self._fused_loss(h2, targets, reduction)
+        else:
+            loss, dlogits = cross_entropy(self.logits(h2), self.xp.asarray(targets).reshape(-1), reduction)
+            dlogits = dlogits.astype(self.dtype, copy=False)
+            self.grads["bias"] += dlogits.sum(axis=0)
         self.grads["weight"] += self._matmul(h2.T, dlogits)
-        self.grads["bias"] += dlogits.sum(axis=0)
         dh = self._matmul(dlogits, self._params["weight"].T)
         return loss, dh.reshape(*lead, self.hidden_size)
+
+    def _path(self, h2):
+        """The path loss_and_backward takes: "fused" where the compiled passes apply (NumPy
+        arrays of the layer's dtype), else "plain: <why>"."""
+        if not self.fused:
+            return "plain: fused=False"
+        arrays = (h2, *self._params.values(), *self.grads.values())
+        if not all(isinstance(a, np.ndarray) for a in arrays):
+            kinds = sorted({type(a).__module__.split(".")[0] for a in arrays} - {"numpy"})
+            return f"plain: {', '.join(kinds)} arrays (the fused passes need NumPy's)"
+        if h2.dtype != self.dtype:
+            return f"plain: h is {h2.dtype}, the layer {self.dtype}"
+        return "fused"
+
+    def _buffer(self, name, shape, dtype):
+        """The work array ``name``, kept across calls, reallocated when its shape changes."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._buffers[name] = np.empty(shape, dtype)
+        return buf
+
+    def _fused_loss(self, h2, targets, reduction):
+        """(loss, dlogits) as cross_entropy(h2 W + b, targets) computes them, in two compiled
+        passes over the GEMM's result (gpurnn.train.fused), plus db into grads["bias"].
+        h2 (N, H) NumPy; targets N integers in any shape."""
+        from . import fused
+        n = h2.shape[0]
+        targets = np.asarray(targets)
+        _check_xent(n, (targets.size,), reduction)
+        ids = self._buffer("targets", (n,), np.int64)
+        np.copyto(ids.reshape(targets.shape), targets, casting="same_kind")
+        shift = self._buffer("target_shift", (n,), np.float64)
+        db = self._buffer("db", (self.vocab_size,), np.float64)
+        dlogits = self._matmul(h2, self._params["weight"])     # logits, then their gradient
+        bad = fused.softmax_xent_shift(dlogits, self._params["bias"], ids, shift)
+        if bad >= 0:
+            raise ValueError(f"targets: expected symbol ids in 0..{self.vocab_size - 1}, got "
+                             f"{ids[bad]} (entry {bad})")
+        np.exp(dlogits, out=dlogits)
+        mean = reduction == "mean"
+        nll = fused.softmax_xent_grad(dlogits, ids, shift, 1.0 / max(n, 1) if mean else 1.0, db)
+        self.grads["bias"] += db
+        return (nll / max(n, 1) if mean else nll), dlogits
 
     def nll(self, h, targets):
         """Summed -log P(x_t | x_<t) in nats, no gradient (evaluation)."""

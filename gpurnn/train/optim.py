@@ -7,6 +7,14 @@ optimizer, and a checkpoint can save the state as plain named arrays.
 
 Both follow torch.optim's formulas exactly (tests compare them), so learning rates and
 habits carry over.
+
+Clipping is split so that a training step reads every gradient twice and writes none:
+``global_norm`` (one pass per array), then ``step(params, grads, grad_scale=clip_scale(norm,
+max_norm))``, which applies the clip factor inside the update. On NumPy arrays both run as
+compiled passes (gpurnn.train.fused: one per array, no temporaries); on other arrays
+(CuPy), or with ``fused=False``, as the array expressions below, which are also the
+reference the compiled passes are tested against. ``clip_grad_norm`` still clips in place
+for loops that want the clipped gradients themselves.
 """
 import math
 
@@ -29,11 +37,24 @@ def unprefixed(named, group):
 
 
 def global_norm(grads):
-    """sqrt(sum of squares) over every array of one dict or a list of dicts (float64)."""
+    """sqrt(sum of squares) over every array of one dict or a list of dicts (float64).
+    NumPy arrays: one compiled pass each (gpurnn.train.fused.sum_squares); others: xp."""
     total = 0.0
     for g in _arrays(grads):
-        total += float((g.astype(np.float64) ** 2).sum())
+        if isinstance(g, np.ndarray):
+            from . import fused
+            total += fused.sum_squares(np.ravel(g))     # a view where g is contiguous
+        else:
+            total += float((g.astype(np.float64) ** 2).sum())
     return math.sqrt(total)
+
+
+def clip_scale(norm, max_norm):
+    """The factor that brings a gradient of global norm ``norm`` to at most ``max_norm``
+    (1.0 where it is already within): what clipping multiplies every gradient by."""
+    if not max_norm > 0:
+        raise ValueError(f"max_norm: expected a positive number, got {max_norm!r}")
+    return max_norm / (norm + 1e-12) if norm > max_norm else 1.0
 
 
 def clip_grad_norm(grads, max_norm):
@@ -41,11 +62,9 @@ def clip_grad_norm(grads, max_norm):
 
     Returns the norm before clipping (what to log: spikes show exploding gradients).
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm: expected a positive number, got {max_norm!r}")
     norm = global_norm(grads)
-    if norm > max_norm:
-        scale = max_norm / (norm + 1e-12)
+    scale = clip_scale(norm, max_norm)
+    if scale != 1.0:
         for g in _arrays(grads):
             g *= g.dtype.type(scale)
     return norm
@@ -62,23 +81,60 @@ def _arrays(grads):
 
 
 class Optimizer:
-    """Base: ``step(params, grads)`` updates every ``params[name]`` in place."""
-    name = "optimizer"
+    """Base: ``step(params, grads, grad_scale)`` updates every ``params[name]`` in place.
 
-    def __init__(self, lr):
+    ``fused`` (default True): a parameter whose arrays (parameter, gradient, buffers) are
+    NumPy arrays of one dtype and shape, the written ones C-contiguous, is updated in one
+    compiled pass (gpurnn.train.fused); any other, or every one with False, by the array
+    expressions of ``_update``. ``paths`` says which ran for each name in the last step:
+    "fused", or "plain: <why>".
+    """
+    name = "optimizer"
+    buffer_kinds = ()           # the state arrays kept per parameter, "<kind>/<name>"
+
+    def __init__(self, lr, fused=True):
         if not lr > 0:
             raise ValueError(f"lr: expected a positive learning rate, got {lr!r}")
         self.lr = float(lr)
         self.buffers = {}           # "<buffer>/<param name>" -> array
         self.t = 0                  # steps taken
+        self.fused = bool(fused)
+        self.paths = {}
 
-    def step(self, params, grads):
+    def step(self, params, grads, grad_scale=1.0):
+        """One update of every ``params[name]`` from ``grads[name] * grad_scale`` (the clip
+        factor, clip_scale; the arrays in ``grads`` are read, never changed)."""
         missing = [k for k in params if k not in grads]
         if missing:
             raise ValueError(f"grads: missing gradients for {missing}")
         self.t += 1
+        constants = {}              # per dtype: the step's scalars, as the kernels take them
         for name, p in params.items():
-            self._update(name, p, grads[name])
+            g = grads[name]
+            buffers = [self._buffer(kind, name, p) for kind in self.buffer_kinds]
+            path = self.paths[name] = self._path(p, g, buffers)
+            if path == "fused":
+                if p.dtype not in constants:
+                    constants[p.dtype] = self._constants(p.dtype.type, grad_scale)
+                self._fused_update(p.reshape(-1), np.ravel(g),
+                                   [b.reshape(-1) for b in buffers], constants[p.dtype])
+            else:
+                if grad_scale != 1.0:
+                    g = g * g.dtype.type(grad_scale)      # as clip_grad_norm scales it
+                self._update(p, g, *buffers)
+
+    def _path(self, p, g, buffers):
+        if not self.fused:
+            return "plain: fused=False"
+        if not all(isinstance(a, np.ndarray) for a in (p, g, *buffers)):
+            return "plain: not NumPy arrays (the fused pass needs them)"
+        if p.dtype.name not in ("float32", "float64"):
+            return f"plain: the parameter is {p.dtype}"
+        if any(a.dtype != p.dtype or a.shape != p.shape for a in (g, *buffers)):
+            return "plain: gradient or buffers differ from the parameter in dtype or shape"
+        if not all(a.flags.c_contiguous for a in (p, *buffers)):
+            return "plain: the parameter or a buffer is not C-contiguous (updated in place)"
+        return "fused"
 
     def _buffer(self, kind, name, like):
         key = f"{kind}/{name}"
@@ -106,53 +162,72 @@ class SGD(Optimizer):
     """SGD with momentum (torch.optim.SGD): v = mu v + g; p -= lr v."""
     name = "sgd"
 
-    def __init__(self, lr, momentum=0.0):
-        super().__init__(lr)
+    def __init__(self, lr, momentum=0.0, fused=True):
+        super().__init__(lr, fused)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected a number in [0, 1), got {momentum!r}")
         self.momentum = float(momentum)
+        self.buffer_kinds = ("velocity",) if self.momentum else ()
 
     def hyperparameters(self):
         return {"lr": self.lr, "momentum": self.momentum}
 
-    def _update(self, name, p, g):
-        if self.momentum:
-            v = self._buffer("velocity", name, p)
-            v *= v.dtype.type(self.momentum)
+    def _constants(self, f, grad_scale):
+        """This step's scalars in the parameters' dtype ``f`` (as Adam._constants)."""
+        return f(grad_scale), f(self.momentum), f(self.lr)
+
+    def _fused_update(self, p, g, buffers, constants):
+        from . import fused
+        fused.sgd_update(p, g, buffers[0] if buffers else None, *constants)
+
+    def _update(self, p, g, v=None):
+        _, momentum, lr = self._constants(p.dtype.type, 1.0)
+        if v is not None:
+            v *= momentum
             v += g
             g = v
-        p -= p.dtype.type(self.lr) * g
+        p -= lr * g
 
 
 class Adam(Optimizer):
     """Adam (torch.optim.Adam, no weight decay) with bias-corrected moments."""
     name = "adam"
+    buffer_kinds = ("m", "v")
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
-        super().__init__(lr)
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, fused=True):
+        super().__init__(lr, fused)
         self.beta1, self.beta2 = (float(b) for b in betas)
         self.eps = float(eps)
 
     def hyperparameters(self):
         return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
-    def _update(self, name, p, g):
-        m = self._buffer("m", name, p)
-        v = self._buffer("v", name, p)
-        f = p.dtype.type
-        m *= f(self.beta1)
-        m += f(1 - self.beta1) * g
-        v *= f(self.beta2)
-        v += f(1 - self.beta2) * g * g
+    def _constants(self, f, grad_scale):
+        """The scalars of this step's update, in the parameters' dtype ``f`` (the fused
+        pass's arguments after m, v; _update computes the same ones)."""
         bias1 = 1 - self.beta1 ** self.t
         bias2 = 1 - self.beta2 ** self.t
-        denom = array_module(v).sqrt(v) / f(math.sqrt(bias2)) + f(self.eps)
-        p -= f(self.lr / bias1) * m / denom
+        return (f(grad_scale), f(self.beta1), f(1 - self.beta1), f(self.beta2), f(1 - self.beta2),
+                f(math.sqrt(bias2)), f(self.eps), f(self.lr / bias1))
+
+    def _fused_update(self, p, g, buffers, constants):
+        from . import fused
+        fused.adam_update(p, g, *buffers, *constants)
+
+    def _update(self, p, g, m, v):
+        _, beta1, one_minus_beta1, beta2, one_minus_beta2, root_bias2, eps, step_size = \
+            self._constants(p.dtype.type, 1.0)
+        m *= beta1
+        m += one_minus_beta1 * g
+        v *= beta2
+        v += one_minus_beta2 * g * g
+        denom = array_module(v).sqrt(v) / root_bias2 + eps
+        p -= step_size * m / denom
 
 
-def make_optimizer(name, lr, momentum=0.9):
+def make_optimizer(name, lr, momentum=0.9, fused=True):
     if name == "adam":
-        return Adam(lr)
+        return Adam(lr, fused=fused)
     if name == "sgd":
-        return SGD(lr, momentum)
+        return SGD(lr, momentum, fused=fused)
     raise ValueError(f"optimizer: expected 'adam' or 'sgd', got {name!r}")
