@@ -6,7 +6,7 @@ The compile tests use backend="aot_eager" (dynamo + AOTAutograd, the same graphs
 gets, without inductor's C++ build, which costs ~35 s cold on a 2-core machine)."""
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 7 compile/export tests"
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 9 compile/export tests"
                             " in this module are skipped (pip install torch)")
 
 import gpurnn  # noqa: E402
