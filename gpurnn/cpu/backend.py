@@ -6,12 +6,13 @@ Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_h
                                                  token ids x (T, B): a gather of W_ih's columns
             forward_part(...)                    per step h @ W_hh^T + njit fused cell (+ b_ih + b_hh)
 
-The GEMMs go to MKL where one is found and the layer is float32 (gpurnn.cpu.mkl: the
-per-step products by its packed GEMM, the big ones by its plain one, each part on one
-thread), else to NumPy's OpenBLAS; tape["plan"]["products"] says which ran.
   backward  backward_part(...)                   reverse steps, njit fused cell + dgh W_hh
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
             (no dX with need_dx=False or token ids; their dW_ih is a scatter-add, cpu.tokens)
+
+The GEMMs go to MKL where one is found and the layer is float32 (gpurnn.cpu.mkl: the
+per-step products by its packed GEMM, the big ones by its plain one, each part on one
+thread), else to NumPy's OpenBLAS; tape["plan"]["products"] says which ran.
 
 Any registered cell (gpurnn.cells): its generated scalar forward/backward are fused into
 the row functions (gpurnn.cpu.rows). The tape keeps the cell's V saved values (the first G

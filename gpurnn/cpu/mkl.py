@@ -22,6 +22,8 @@ found, the recurrence uses NumPy's OpenBLAS per step and the plan says why
   one_thread() / restore_threads(previous)   njit: MKL on the calling thread only, and back
   gemm(a, b, out)           out = a @ b (plain, one thread) for the big GEMMs around the loop
 
+GPURNN_CPU_GEMM=openblas turns MKL off for the process (the plans then say so).
+
 Calls go by symbol name (registered with llvmlite.binding.add_symbol, as sync.py does for
 sched_yield), so kernels that use them cache on disk like every other kernel.
 
