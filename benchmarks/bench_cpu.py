@@ -246,7 +246,7 @@ def profile(cfg, repeats):
     split over threads as the backend splits it (kernels.Plan)."""
     from gpurnn.cells import get_cell
     from gpurnn.cpu import CpuBackend
-    from gpurnn.cpu.kernels import Plan, gemm, recurrence_kernels, transpose
+    from gpurnn.cpu.kernels import Plan, recurrence_kernels, transpose
     from gpurnn.cpu.parallel import recurrence_threads
     cell, T, B, I, H = cfg
     G = GATES[cell]
@@ -267,35 +267,38 @@ def profile(cfg, repeats):
     gx, out, dgx = np.empty((T, B, G * H), f32), np.empty((T, B, H), f32), np.empty((T, B, G * H), f32)
     x2, gx2, d2 = x.reshape(T * B, I), gx.reshape(T * B, G * H), dgx.reshape(T * B, G * H)
 
+    products = be._products(np.dtype(f32))[0]  # "mkl" or "openblas", as the backend chooses
+
     def split(fn, backward=False):              # fn(plan, part) on every part, as the backend runs it
         def run():
-            plan = Plan(T, B, H, G * H, recurrence_threads())
+            plan = Plan(T, B, H, G * H, recurrence_threads(), products=products)
             plan = plan.for_backward(f32) if backward else plan
             plan.run(lambda p: fn(plan, p))
         return run
 
-    def products_only(plan, p):                 # the forward's per-step BLAS calls alone ("rows")
-        if plan.kind != "rows":
-            return
+    def products_only(plan, p):                 # the forward's per-step OpenBLAS calls alone
+        if plan.kind != "rows":                 # (MKL's run inside the njit loop: not timed
+            return                              # apart, a Python call per step would dominate)
         b0, b1 = plan.rows(p)
         ghT = np.empty((G * H, b1 - b0), f32)
         for t in range(T):
             np.matmul(w_hh, tape["st"][0, t, b0:b1].T, out=ghT)
 
     phases = {
-        "forward: input GEMM gx = X W_ih^T": split(lambda plan, p: gemm(x2, w_ih.T, gx2, p, plan.nparts)),
+        "forward: input GEMM gx = X W_ih^T": split(lambda plan, p: plan.gemm(x2, w_ih.T, gx2, p)),
         "forward: recurrence (products + fused cell)": split(lambda plan, p: forward_part(
             plan, p, gx, w_hh, w_hh_t, np.zeros((2, G * H), f32), tape["lengths"], tape["st"], tape["aux"], out,
             be.transposed_forward)),
-        "  of which the per-step BLAS products (B > 8)": split(products_only),
+        **({} if products == "mkl" else {
+            "  of which the per-step BLAS products (B > 8)": split(products_only)}),
         "backward: recurrence (fused cell + products)": split(lambda plan, p: backward_part(
             plan, p, tape["acts"], tape["st"], tape["aux"], w_hh, w_hh_t, tape["lengths"],
             0, dout, np.zeros((S, B, H), f32), dgx, dgx if spec.all_tied else np.empty_like(dgx)),
             backward=True),
-        "backward: dX = dG W_ih": split(lambda plan, p: gemm(d2, w_ih, np.empty((T * B, I), f32), p, plan.nparts)),
-        "backward: dW_ih = dG^T X": split(lambda plan, p: gemm(d2.T, x2, np.empty((G * H, I), f32), p, plan.nparts)),
-        "backward: dW_hh = dG^T H_prev": split(lambda plan, p: gemm(
-            d2.T, tape["st"][0, :T].reshape(T * B, H), np.empty((G * H, H), f32), p, plan.nparts)),
+        "backward: dX = dG W_ih": split(lambda plan, p: plan.gemm(d2, w_ih, np.empty((T * B, I), f32), p)),
+        "backward: dW_ih = dG^T X": split(lambda plan, p: plan.gemm(d2.T, x2, np.empty((G * H, I), f32), p)),
+        "backward: dW_hh = dG^T H_prev": split(lambda plan, p: plan.gemm(
+            d2.T, tape["st"][0, :T].reshape(T * B, H), np.empty((G * H, H), f32), p)),
         "backward: bias sums": lambda: d2.sum(0),
         "whole layer (backend forward + backward)": lambda: be.backward(
             be.forward(spec, x, w_ih, w_hh, b, b, (None,) * S, None)[2], dout, (None,) * S, None),
