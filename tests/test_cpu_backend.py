@@ -100,7 +100,9 @@ def test_mkl_gemm_matches_numpy(rng):
 
 def test_mkl_declined_is_recorded_and_strict_raises(rng, monkeypatch):
     """No silent fallback: where MKL cannot run, "auto" says why in the plan (and warns
-    once); GPURNN_STRICT=1 raises; asking for gemm="mkl" outright is an error."""
+    once); GPURNN_STRICT=1 raises; asking for gemm="mkl" outright is an error; choosing
+    OpenBLAS (GPURNN_CPU_GEMM=openblas) is no fallback and warns of nothing."""
+    import warnings
     from gpurnn import contract
     from gpurnn.cpu import mkl
     monkeypatch.setattr(mkl, "_library", lambda: (None, "no MKL (test)"))
@@ -119,6 +121,14 @@ def test_mkl_declined_is_recorded_and_strict_raises(rng, monkeypatch):
         gpurnn.LSTM(I, H, backend=CpuBackend(gemm="mkl"), dtype="float32")(x)
     with pytest.raises(ValueError, match="gemm: expected one of"):
         CpuBackend(gemm="blis")
+    monkeypatch.delenv("GPURNN_STRICT")
+    monkeypatch.setenv("GPURNN_CPU_GEMM", "openblas")     # the user's choice: no warning
+    monkeypatch.setattr(contract, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+    assert model.last_plans["forward"][0][0] == {"split": model.last_plans["forward"][0][0]["split"],
+                                                 "products": "openblas"}
 
 
 def test_results_are_bitwise_reproducible(rng):

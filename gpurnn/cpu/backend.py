@@ -105,8 +105,8 @@ class CpuBackend(HostBackend):
     def _products(self, dtype):
         """("mkl" or "openblas", why mkl declined or None) for a float ``dtype`` layer."""
         from . import mkl
-        if self.gemm == "openblas":
-            return "openblas", None
+        if self.gemm == "openblas" or (self.gemm == "auto" and mkl.turned_off()):
+            return "openblas", None                    # chosen, not a fallback
         ok, text = mkl.status()
         why = None if ok else text
         if ok and dtype != np.float32:

@@ -57,10 +57,15 @@ def _candidates():
             yield os.path.join(root, "lib", "libtorch_cpu.so")
 
 
+def turned_off():
+    """GPURNN_CPU_GEMM=openblas: the user chose OpenBLAS for the process (not a fallback)."""
+    return os.environ.get("GPURNN_CPU_GEMM", "") == "openblas"
+
+
 @functools.lru_cache(maxsize=None)
 def _library():
     """(ctypes library, description) or (None, why not)."""
-    if os.environ.get("GPURNN_CPU_GEMM", "") == "openblas":
+    if turned_off():
         return None, "GPURNN_CPU_GEMM=openblas"
     tried = []
     for path in _candidates():
