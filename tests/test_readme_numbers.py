@@ -7,7 +7,8 @@ from pathlib import Path
 from gpurnn.apps.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-TOLERANCE = 0.15     # per entry, relative: float32 training rounds differently on another CPU
+TOLERANCE = 0.06     # per entry, relative: float32 training rounds differently with another
+                     # BLAS or CPU (up to 2.2% measured); a stale table was 11% off
 
 
 def markdown_table(text):
