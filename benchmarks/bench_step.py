@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gpurnn.apps.charlm import CharLM  # noqa: E402
 from gpurnn.contract import compute_scope  # noqa: E402
 from gpurnn.train.optim import clip_scale, global_norm, make_optimizer  # noqa: E402
-from timing import time_calls, validate  # noqa: E402
+from timing import interleaved_times, validate  # noqa: E402
 
 
 def head_case(lm, out, y):
@@ -79,21 +79,20 @@ def main(argv=None):
     print(f"fused vs plain: worst normwise relative difference {worst:.2g}")
 
     print(f"window {k}, batch {B}, hidden {H}, vocabulary {V}: median of {args.repeats} calls "
-          f"after {args.warmup} warm-up calls, ms (plain and fused calls alternate, so that "
-          f"drifting load hits both)")
+          f"after {args.warmup} warm-up rounds, ms (plain and fused calls take turns, order "
+          f"rotated, so that drifting load hits both)")
+    def with_head_path(fused, call):            # the head reads its path at call time
+        def run():
+            lm.head.fused = fused
+            return call()
+        return run
+
     cases = {}
     for fused in (False, True):
-        cases[fused] = {"head": head_case(lm, out, y),
-                        "clip+adam": optim_case(lm, grads, args.clip, fused)[0]}
-    times = {(fused, name): [] for fused in cases for name in cases[fused]}
-    for r in range(args.warmup + args.repeats):
-        for fused, calls in cases.items():
-            lm.head.fused = fused
-            for name, call in calls.items():
-                t = time_calls(call, 1, 0)[0]
-                if r >= args.warmup:
-                    times[fused, name].append(t)
-    for fused in cases:
+        cases[fused, "head"] = with_head_path(fused, head_case(lm, out, y))
+        cases[fused, "clip+adam"] = optim_case(lm, grads, args.clip, fused)[0]
+    times = interleaved_times(cases, args.repeats, args.warmup)
+    for fused in (False, True):
         print(f"  fused={fused!s:5}  " + "  ".join(
             f"{name} {statistics.median(t) * 1e3:.2f} (p20 {np.percentile(t, 20) * 1e3:.2f}, "
             f"p80 {np.percentile(t, 80) * 1e3:.2f})"

@@ -19,7 +19,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from timing import rel_err, time_calls  # noqa: E402  (benchmarks/ is on sys.path as a script)
+from timing import interleaved_times, rel_err, time_calls  # noqa: E402  (benchmarks/ is on sys.path as a script)
 
 import gpurnn  # noqa: E402
 from gpurnn.cpu import CpuBackend  # noqa: E402
@@ -65,7 +65,7 @@ def kernels(T, B, V, GH, repeats, rng):
 
 def layers(T, B, V, H, repeats, rng, threads):
     """{name: seconds} of one LSTM layer forward + backward fed one-hot floats vs ids, the
-    variants interleaved call by call so that machine load hits them alike."""
+    variants taking turns call by call (timing.interleaved_times) so that load hits them alike."""
     model = gpurnn.LSTM(V, H, backend=CpuBackend(threads=threads), seed=0)
     ids = rng.integers(0, V, (T, B))
     one_hot = np.eye(V, dtype=np.float32)[ids]
@@ -79,11 +79,7 @@ def layers(T, B, V, H, repeats, rng, threads):
     cases = {"layer fwd+bwd, one-hot floats": lambda: step(one_hot),
              "layer fwd+bwd, one-hot floats, need_dx=False": lambda: step(one_hot, False),
              "layer fwd+bwd, token ids": lambda: step(ids)}
-    times = {name: time_calls(fn, 0, warmup=2) for name, fn in cases.items()}   # warm-up
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            times[name] += time_calls(fn, 1, warmup=0)
-    return times
+    return interleaved_times(cases, repeats, warmup=2)
 
 
 def main():

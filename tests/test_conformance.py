@@ -85,15 +85,22 @@ def _inputs(model, rng, batch, with_state):
     return dict(x=x, state=states() if with_state else None, dout=dout, dstate=states())
 
 
-@pytest.mark.parametrize("backend, cell, option, dtype", list(_cases()))
-def test_backend_matches_the_numpy_oracle(backend, cell, option, dtype, rng):
-    factory, _ = BACKENDS[backend]
+def _backend(name):
+    """A fresh instance of backend ``name`` ("numpy" or a BACKENDS entry), or skip the test
+    saying why it cannot run here."""
+    factory = {"numpy": NumpyBackend, **{k: f for k, (f, _) in BACKENDS.items()}}[name]
     try:
         impl = factory()
         if not impl.is_available():
-            raise gpurnn.BackendUnavailable(f"{backend} is not available here")
+            raise gpurnn.BackendUnavailable(f"{name} is not available here")
     except (ImportError, gpurnn.BackendUnavailable) as exc:
-        pytest.skip(f"backend {backend} cannot run here: {exc}")
+        pytest.skip(f"backend {name} cannot run here: {exc}")
+    return impl
+
+
+@pytest.mark.parametrize("backend, cell, option, dtype", list(_cases()))
+def test_backend_matches_the_numpy_oracle(backend, cell, option, dtype, rng):
+    impl = _backend(backend)
     ctor, run_kw = OPTIONS[option]
     batch = run_kw.get("batch", 3)
     kw = dict(dtype=dtype, seed=7, **ctor)
@@ -151,17 +158,6 @@ TOKEN_LENGTHS = np.array([5, 2, 4])
 TOKEN_OPTIONS = {"cuda": (dict(bidirectional=True, batch_first=True), ("float32",))}
 TOKEN_DEFAULT = (dict(num_layers=2, bidirectional=True, dropout=0.3, batch_first=True),
                  ("float32", "float64"))
-
-
-def _backend(name):
-    factory = {"numpy": NumpyBackend, **{k: f for k, (f, _) in BACKENDS.items()}}[name]
-    try:
-        impl = factory()
-        if not impl.is_available():
-            raise gpurnn.BackendUnavailable(f"{name} is not available here")
-    except (ImportError, gpurnn.BackendUnavailable) as exc:
-        pytest.skip(f"backend {name} cannot run here: {exc}")
-    return impl
 
 
 def _token_cases():

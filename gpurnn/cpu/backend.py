@@ -87,8 +87,7 @@ class CpuBackend(HostBackend):
         """a @ b, its rows split over this backend's threads, one-thread BLAS per part
         (kernels.split_matmul): the contract's matmul for code next to the layers."""
         from .kernels import split_matmul
-        library = self._products(np.result_type(a, b))[0] if self.gemm != "openblas" else "openblas"
-        return split_matmul(a, b, self.threads, library)
+        return split_matmul(a, b, self.threads, self._products(np.result_type(a, b))[0])
 
     def compute_scope(self):
         """BLAS held to one thread while a model step runs (parallel.single_threaded_blas)."""

@@ -405,7 +405,7 @@ class Plan:
 
     def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT, products="openblas"):
         self.B, self.H, self.GH = B, H, GH
-        self.threads, self.rules = threads, rules
+        self.rules = rules
         if T * B * GH * H < rules.split_macs:
             threads = 1
         self.library = products          # the big GEMMs' BLAS (Plan.gemm)
