@@ -131,6 +131,35 @@ def test_mkl_declined_is_recorded_and_strict_raises(rng, monkeypatch):
                                                  "products": "openblas"}
 
 
+def test_auto_products_follow_the_cpu_vendor(rng, monkeypatch):
+    """"auto" runs MKL on Intel CPUs only (elsewhere MKL takes its generic, slower path):
+    on another vendor the plan says OpenBLAS was chosen and why, which is no fallback (no
+    warning, strict mode runs); gemm="mkl" still runs MKL there."""
+    import warnings
+    from gpurnn import contract
+    from gpurnn.cpu import mkl
+    if not mkl.status()[0]:
+        pytest.skip(f"no MKL here: {mkl.status()[1]}")
+    monkeypatch.setattr(contract, "_warned", set())
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    x = rng.standard_normal((T, 11, I)).astype(np.float32)
+    plans = {}
+    for vendor in ("GenuineIntel", "AuthenticAMD", ""):
+        monkeypatch.setattr(mkl, "cpu_vendor", lambda: vendor)
+        for gemm in ("auto", "mkl"):
+            model = gpurnn.LSTM(I, H, backend=CpuBackend(gemm=gemm), dtype="float32")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                model(x)
+            plans[vendor, gemm] = model.last_plans["forward"][0][0]
+    assert plans["GenuineIntel", "auto"]["products"] == "mkl"
+    for vendor in ("AuthenticAMD", ""):
+        plan = plans[vendor, "auto"]
+        assert plan["products"] == "openblas" and "declined" not in plan
+        assert plan["chosen"].startswith(f"openblas: CPU vendor {vendor or 'unknown'}")
+        assert plans[vendor, "mkl"]["products"] == "mkl"
+
+
 def test_results_are_bitwise_reproducible(rng):
     """Same inputs, same thread count: the same bits, run after run (the MKL and OpenBLAS
     paths alike; fastmath is limited to FMA contraction)."""
@@ -271,10 +300,12 @@ def test_need_dx_false_and_token_ids_run_no_dx_gemm(monkeypatch, rng):
 
 def test_token_scatter_is_bitwise_the_same_for_any_thread_split(rng):
     """The scatter-add splits by dW_ih rows and sums each element's tokens in row order,
-    so 1 and 2 threads (and the gather split by rows) give identical bits."""
+    so 1 and 2 threads (and the gather split by rows) give identical bits. B=7: the "units"
+    recurrence, whose njit products are the same bits for any split (OpenBLAS's per-step
+    products of a "rows" split are not: they depend on the rows per call)."""
     from gpurnn.cpu.kernels import SplitRules
-    ids = rng.integers(0, 4, (9, 11))              # many repeats of 4 ids
-    dout = rng.standard_normal((9, 11, H)).astype(np.float32)
+    ids = rng.integers(0, 4, (9, 7))               # many repeats of 4 ids
+    dout = rng.standard_normal((9, 7, H)).astype(np.float32)
     results = []
     for threads in (1, 2):
         split = SplitRules(units_per_part=1, rows_per_part=1, split_macs=0)

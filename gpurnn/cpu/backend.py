@@ -10,9 +10,10 @@ Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_h
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
             (no dX with need_dx=False or token ids; their dW_ih is a scatter-add, cpu.tokens)
 
-The GEMMs go to MKL where one is found and the layer is float32 (gpurnn.cpu.mkl: the
-per-step products by its packed GEMM, the big ones by its plain one, each part on one
-thread), else to NumPy's OpenBLAS; tape["plan"]["products"] says which ran.
+The GEMMs go to MKL where one is found, the layer is float32 and the CPU is Intel's
+(gpurnn.cpu.mkl: the per-step products by its packed GEMM, the big ones by its plain one,
+each part on one thread; on other CPUs MKL runs a generic path half as fast as OpenBLAS),
+else to NumPy's OpenBLAS; tape["plan"]["products"] says which ran and why.
 
 Any registered cell (gpurnn.cells): its generated scalar forward/backward are fused into
 the row functions (gpurnn.cpu.rows). The tape keeps the cell's V saved values (the first G
@@ -48,8 +49,10 @@ class CpuBackend(HostBackend):
     split       kernels.SplitRules: when a call splits over threads
     gemm        the per-step products of the "rows" recurrence (B > 8): "mkl" (MKL's packed
                 GEMM, gpurnn.cpu.mkl; float32; an error where there is none), "openblas"
-                (NumPy's BLAS), "auto" (mkl where it can run; otherwise openblas, with the
-                reason in tape["plan"]["declined"]; GPURNN_STRICT=1 raises FallbackError)
+                (NumPy's BLAS), "auto" (mkl where it can run and the CPU is Intel's; on
+                other CPUs openblas, the reason in tape["plan"]["chosen"]; where MKL cannot
+                run, openblas with the reason in tape["plan"]["declined"], and
+                GPURNN_STRICT=1 raises FallbackError)
     transposed_forward  the forward's per-step OpenBLAS product as ghT = W_hh @ h^T,
                 measured faster for LSTM B=32 H=256 and B=64 H=512 once the copies were
                 tiled (Tuning log, benchmarks/RESULTS_cpu.md); False: h @ W_hh^T directly
@@ -102,28 +105,37 @@ class CpuBackend(HostBackend):
         return buf
 
     def _products(self, dtype):
-        """("mkl" or "openblas", why mkl declined or None) for a float ``dtype`` layer."""
+        """(library, declined, chosen) for a float ``dtype`` layer: library "mkl" or
+        "openblas"; declined: why MKL could not run where it was wanted (a fallback), or
+        None; chosen: why "auto" preferred OpenBLAS although MKL could run, or None."""
         from . import mkl
         if self.gemm == "openblas" or (self.gemm == "auto" and mkl.turned_off()):
-            return "openblas", None                    # chosen, not a fallback
+            return "openblas", None, None              # the user's choice
         ok, text = mkl.status()
         why = None if ok else text
         if ok and dtype != np.float32:
             why = f"{dtype}: MKL's packed GEMM here is float32 only"
-        if why is None:
-            return "mkl", None
-        if self.gemm == "mkl":
-            raise RuntimeError(f"gemm='mkl': cannot run: {why}")
-        return "openblas", why
+        if why is not None:
+            if self.gemm == "mkl":
+                raise RuntimeError(f"gemm='mkl': cannot run: {why}")
+            return "openblas", why, None
+        if self.gemm == "auto":
+            fast, slower = mkl.fast_here()
+            if not fast:
+                return "openblas", None, slower        # the faster library here, not a fallback
+        return "mkl", None, None
 
     @staticmethod
-    def _plan_record(plan, declined):
-        """What tape["plan"] says: the split, the products and (where "mkl" was declined for
-        a "rows" split, the only one it is for) why, which GPURNN_STRICT=1 turns into an error."""
+    def _plan_record(plan, declined, chosen):
+        """What tape["plan"] says: the split, the products and, for a "rows" split (the only
+        one MKL is for), why MKL was declined (a fallback, which GPURNN_STRICT=1 turns into
+        an error) or why OpenBLAS was chosen over it."""
         record = {"split": plan.describe(), "products": plan.products}
-        if declined is not None and plan.kind == "rows":
+        if plan.kind == "rows" and declined is not None:
             record["declined"] = "mkl: " + declined
             decline(f"gpurnn cpu: per-step products by OpenBLAS, not MKL ({declined})")
+        elif plan.kind == "rows" and chosen is not None:
+            record["chosen"] = "openblas: " + chosen
         return record
 
     def _state(self, value, shape, dtype):
@@ -141,7 +153,7 @@ class CpuBackend(HostBackend):
         S, V, G = spec.n_states, spec.n_saves, spec.n_gates
         dtype = w_hh.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
-        products, declined = self._products(dtype)
+        products, declined, chosen = self._products(dtype)
         plan = Plan(T, B, H, GH, self._threads(), self.split, products)
 
         gx = self._empty((T, B, GH), dtype)        # X W_ih^T, then saves 0..G-1 in place
@@ -171,7 +183,7 @@ class CpuBackend(HostBackend):
         tape = dict(spec=spec, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
                     acts=gx if V else np.empty((T, B, 0), dtype),   # a cell saving nothing
                     st=st, aux=aux, plan_split=plan,                # keeps no gx
-                    plan=self._plan_record(plan, declined),
+                    plan=self._plan_record(plan, declined, chosen),
                     has_bias=(b_ih is not None, b_hh is not None))
         return out, tuple(st[s, T].copy() for s in range(S)), tape
 

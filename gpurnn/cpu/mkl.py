@@ -15,6 +15,8 @@ found, the recurrence uses NumPy's OpenBLAS per step and the plan says why
 (``status()``).
 
   status()                  (True, "mkl <version> in <library>") or (False, why not)
+  fast_here()               (True, None) on Intel CPUs, where MKL runs its tuned kernels,
+                            else (False, why "auto" prefers OpenBLAS)
   pack_weights(w, trans, m) MKL's packed copy of a (K, N) operand B (w, or w.T where
                             trans), for products with m-row left operands
   gemm_packed(a, packed, c, beta)   njit: c = a @ B + beta * c; a (m, K), c (m, N), both
@@ -33,6 +35,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import platform
 
 import llvmlite.binding
 import llvmlite.ir as ir
@@ -107,6 +110,32 @@ def status():
     return lib is not None, text
 
 
+def cpu_vendor():
+    """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...) or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    text = platform.processor()           # Windows: "... GenuineIntel" / "... AuthenticAMD"
+    return next((v for v in ("GenuineIntel", "AuthenticAMD") if v in text), "")
+
+
+def fast_here():
+    """(True, None) where MKL runs its tuned kernels, else (False, why): MKL dispatches its
+    AVX2 / AVX-512 kernels on Intel CPUs only, and elsewhere runs a generic path
+    (MKL_VERBOSE: "Intel(R) Architecture processors") that took twice OpenBLAS's time per
+    step on an AMD EPYC Zen 5 (16 x 256 x 1024: 120 us vs 61 us; RESULTS_cpu.md, Tuning log
+    21). So "auto" picks MKL on Intel CPUs only; gemm="mkl" runs it anywhere."""
+    vendor = cpu_vendor()
+    if vendor == "GenuineIntel":
+        return True, None
+    return False, (f"CPU vendor {vendor or 'unknown'}: MKL runs its generic, slower path "
+                   "on non-Intel CPUs, so OpenBLAS was chosen")
+
+
 def pack_weights(w, trans, m):
     """MKL's packed copy of the right operand B (K, N) of products a @ B with m-row a:
     B = w.T (w (N, K), C-contiguous) where ``trans``, else B = w (w (K, N)). Returns a
@@ -119,8 +148,12 @@ def pack_weights(w, trans, m):
     K, N = (w.shape[1], w.shape[0]) if trans else w.shape
     nbytes = lib.cblas_sgemm_pack_get_size(B_MATRIX, int(m), int(N), int(K))
     packed = aligned_empty((max(int(nbytes), 1),), np.uint8)
-    lib.cblas_sgemm_pack(ROW_MAJOR, B_MATRIX, TRANS if trans else NO_TRANS, int(m), int(N),
-                         int(K), 1.0, w.ctypes.data, int(w.shape[1]), packed.ctypes.data)
+    previous = lib.MKL_Set_Num_Threads_Local(1)     # see gemm: no OpenMP team of MKL's own
+    try:
+        lib.cblas_sgemm_pack(ROW_MAJOR, B_MATRIX, TRANS if trans else NO_TRANS, int(m), int(N),
+                             int(K), 1.0, w.ctypes.data, int(w.shape[1]), packed.ctypes.data)
+    finally:
+        lib.MKL_Set_Num_Threads_Local(previous)
     return packed
 
 
