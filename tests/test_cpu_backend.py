@@ -74,6 +74,35 @@ def test_per_step_products_by_each_library(cell, gemm, rng):
     assert_all_close(*results, "float32", TOLERANCE["float32"])
     plan = cpu.last_plans["forward"][0][0]
     assert plan["products"] == gemm and "declined" not in plan
+    assert plan.get("loop", "njit") == "njit"
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_openblas_loop_in_python_where_njit_cannot_call_it(cell, rng, monkeypatch):
+    """Where NumPy's OpenBLAS cannot be called from njit, the "rows" loop runs in Python
+    (np.matmul per step) with the reference's results, and says so: plan["loop"] "python",
+    the reason in plan["declined"], a warning once, FallbackError under GPURNN_STRICT=1."""
+    from gpurnn import contract
+    from gpurnn.cpu import openblas
+    monkeypatch.setattr(openblas, "status", lambda: (False, "no OpenBLAS (test)"))
+    monkeypatch.setattr(contract, "_warned", set())
+    monkeypatch.delenv("GPURNN_STRICT", raising=False)
+    batch = 11
+    cls, extra = CELLS[cell]
+    ref = cls(I, H, **extra, backend="numpy", dtype="float32", seed=5)
+    cpu = cls(I, H, **extra, backend=CpuBackend(poison=True, gemm="openblas"), dtype="float32",
+              seed=5)
+    cpu.load_state_dict(ref.state_dict())
+    lengths = rng.integers(1, T + 1, batch)
+    inputs = random_inputs(ref, rng, with_state=True, batch=batch)
+    with pytest.warns(RuntimeWarning, match="Python loop"):
+        results = [forward_backward(model, inputs, lengths, truncate=3) for model in (cpu, ref)]
+    assert_all_close(*results, "float32", TOLERANCE["float32"])
+    plan = cpu.last_plans["forward"][0][0]
+    assert plan["loop"] == "python" and plan["declined"] == "openblas from njit: no OpenBLAS (test)"
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    with pytest.raises(contract.FallbackError, match="Python loop"):
+        cpu(inputs["x"])
 
 
 def test_mkl_gemm_matches_numpy(rng):
@@ -128,7 +157,7 @@ def test_mkl_declined_is_recorded_and_strict_raises(rng, monkeypatch):
         warnings.simplefilter("error")
         model(x)
     assert model.last_plans["forward"][0][0] == {"split": model.last_plans["forward"][0][0]["split"],
-                                                 "products": "openblas"}
+                                                 "products": "openblas", "loop": "njit"}
 
 
 def test_auto_products_follow_the_cpu_vendor(rng, monkeypatch):

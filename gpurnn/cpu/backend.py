@@ -126,13 +126,31 @@ class CpuBackend(HostBackend):
         return "mkl", None, None
 
     @staticmethod
-    def _plan_record(plan, declined, chosen):
+    def _loop(products):
+        """(loop, why not njit): where the per-step products are OpenBLAS's, their time loop
+        runs in njit if NumPy's OpenBLAS can be called from there (cpu.openblas), else in
+        Python (a fallback: the reason goes in the plan)."""
+        if products != "openblas":
+            return "njit", None
+        from . import openblas
+        ok, text = openblas.status()
+        return ("njit", None) if ok else ("python", text)
+
+    @staticmethod
+    def _plan_record(plan, declined, chosen, slow_loop=None):
         """What tape["plan"] says: the split, the products and, for a "rows" split (the only
         one MKL is for), why MKL was declined (a fallback, which GPURNN_STRICT=1 turns into
         an error) or why OpenBLAS was chosen over it."""
         record = {"split": plan.describe(), "products": plan.products}
+        if plan.kind == "rows" and plan.products == "openblas":
+            record["loop"] = plan.loop
+            if slow_loop is not None:
+                record["declined"] = "openblas from njit: " + slow_loop
+                decline(f"gpurnn cpu: the per-step OpenBLAS products run from a Python loop "
+                        f"({slow_loop})")
         if plan.kind == "rows" and declined is not None:
-            record["declined"] = "mkl: " + declined
+            record["declined"] = "; ".join(filter(None, ["mkl: " + declined,
+                                                          record.get("declined")]))
             decline(f"gpurnn cpu: per-step products by OpenBLAS, not MKL ({declined})")
         elif plan.kind == "rows" and chosen is not None:
             record["chosen"] = "openblas: " + chosen
@@ -154,7 +172,8 @@ class CpuBackend(HostBackend):
         dtype = w_hh.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
         products, declined, chosen = self._products(dtype)
-        plan = Plan(T, B, H, GH, self._threads(), self.split, products)
+        loop, slow_loop = self._loop(products)
+        plan = Plan(T, B, H, GH, self._threads(), self.split, products, loop)
 
         gx = self._empty((T, B, GH), dtype)        # X W_ih^T, then saves 0..G-1 in place
         bias = np.zeros((2, GH), dtype)            # b_ih, b_hh: added in the fused cell pass
@@ -183,7 +202,7 @@ class CpuBackend(HostBackend):
         tape = dict(spec=spec, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
                     acts=gx if V else np.empty((T, B, 0), dtype),   # a cell saving nothing
                     st=st, aux=aux, plan_split=plan,                # keeps no gx
-                    plan=self._plan_record(plan, declined, chosen),
+                    plan=self._plan_record(plan, declined, chosen, slow_loop),
                     has_bias=(b_ih is not None, b_hh is not None))
         return out, tuple(st[s, T].copy() for s in range(S)), tape
 

@@ -78,7 +78,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..cells.codegen import exec_source, scalar_namespace
-from . import fastmath, mkl, rows
+from . import fastmath, mkl, openblas, rows
 from .jit import stable_jit
 from .parallel import cores_free, recurrence_threads, run_parts, single_threaded_blas
 from .sync import abort, barrier, meet, new_flags
@@ -282,27 +282,35 @@ def _step_loops(key, forward_row, backward_row):
             bwd_rows(t, b0, b1, 0, st.shape[3], truncate, acts, st, aux, lengths, dout, ds, dgx,
                      dgh)
 
-    def forward_rows_part(b0, b1, gx, w_hh, w_hh_t, bias, lengths, st, aux, out, transposed):
-        GH, n = w_hh.shape[0], b1 - b0
-        gh, ghT = np.empty((n, GH), gx.dtype), np.empty((GH, n), gx.dtype)
-        matmul = np.matmul
-        for t in range(gx.shape[0]):
-            if transposed:
-                matmul(w_hh, st[0, t, b0:b1].T, out=ghT)
-            else:
-                matmul(st[0, t, b0:b1], w_hh_t, out=gh)
-            forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, st, aux, out)
+    def rows_loops(gemm_nt, compile):
+        """The "rows" time loops with the per-step products c = a @ b.T by ``gemm_nt``:
+        compiled (NumPy's OpenBLAS called from njit, openblas.py) or, where that cannot
+        run, as Python loops with np.matmul (the plan says why)."""
+        def forward_rows_blas(b0, b1, gx, w_hh, bias, lengths, st, aux, out, transposed):
+            GH, n = w_hh.shape[0], b1 - b0
+            gh, ghT = np.empty((n, GH), gx.dtype), np.empty((GH, n), gx.dtype)
+            for t in range(gx.shape[0]):
+                if transposed:
+                    gemm_nt(w_hh, st[0, t, b0:b1], ghT)         # gh^T = W_hh h^T
+                else:
+                    gemm_nt(st[0, t, b0:b1], w_hh, gh)          # gh = h W_hh^T
+                forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, st, aux, out)
 
-    def backward_rows_part(b0, b1, acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx, dgh):
-        T, H, n = dgx.shape[0], w_hh_t.shape[0], b1 - b0
-        dh_rec, dh_recT = np.empty((n, H), dgx.dtype), np.empty((H, n), dgx.dtype)
-        matmul = np.matmul
-        for t in range(T - 1, -1, -1):
-            backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
-                          dh_recT)
-            matmul(w_hh_t, dgh[t, b0:b1].T, out=dh_recT)    # dh_rec^T = W_hh^T dgh[t]^T
-        backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
-                      dh_recT)
+        def backward_rows_blas(b0, b1, acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx,
+                               dgh):
+            T, H, n = dgx.shape[0], w_hh_t.shape[0], b1 - b0
+            dh_rec, dh_recT = np.empty((n, H), dgx.dtype), np.empty((H, n), dgx.dtype)
+            for t in range(T - 1, -1, -1):
+                backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
+                              dh_rec, dh_recT)
+                gemm_nt(w_hh_t, dgh[t, b0:b1], dh_recT)       # dh_rec^T = W_hh^T dgh[t]^T
+            backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
+                          dh_rec, dh_recT)
+        return compile(forward_rows_blas), compile(backward_rows_blas)
+
+    openblas.status()               # registers the symbols rows_njit links against
+    rows_njit = rows_loops(openblas.gemm_nt, stable_jit(key, nogil=True))
+    rows_python = rows_loops(lambda a, b, c: np.matmul(a, b.T, out=c), lambda fn: fn)
 
     # ---- MKL's packed products (B > 8, float32, mkl.status()): the whole loop of a part's
     # rows in one njit call, W_hh packed once per call (gpurnn.cpu.mkl)
@@ -342,8 +350,8 @@ def _step_loops(key, forward_row, backward_row):
             forward_rows_mkl(b0, b1, gx, mkl.pack_weights(w_hh, True, b1 - b0), bias, lengths,
                              st, aux, out)
         else:
-            forward_rows_part(*plan.rows(part), gx, w_hh, w_hh_t, bias, lengths, st, aux, out,
-                              transposed)
+            loop = (rows_njit if plan.loop == "njit" else rows_python)[0]
+            loop(*plan.rows(part), gx, w_hh, bias, lengths, st, aux, out, transposed)
 
     def backward_part(plan, part, acts, st, aux, w_hh, w_hh_t, lengths, truncate, dout, ds, dgx,
                       dgh):
@@ -357,8 +365,8 @@ def _step_loops(key, forward_row, backward_row):
             backward_rows_mkl(b0, b1, acts, st, aux, mkl.pack_weights(w_hh, False, b1 - b0),
                               lengths, truncate, dout, ds, dgx, dgh)
         else:
-            backward_rows_part(*plan.rows(part), acts, st, aux, w_hh_t, lengths, truncate, dout, ds,
-                               dgx, dgh)
+            loop = (rows_njit if plan.loop == "njit" else rows_python)[1]
+            loop(*plan.rows(part), acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx, dgh)
 
     return forward_part, backward_part
 
@@ -396,14 +404,16 @@ class Plan:
                   at a spin barrier every step (``step_flags``; ``partial`` for the backward;
                   each part's copy of its share of W_hh from ``weight_copy``).
     kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop;
-                  ``products`` "mkl" (packed, the loop in njit) or "openblas" (per step
-                  from Python), as the backend chose (CpuBackend(gemm=...)).
+                  ``products`` "mkl" (packed, the loop in njit) or "openblas" (NumPy's,
+                  the loop in njit where ``loop`` is "njit", else in Python with
+                  np.matmul), as the backend chose (CpuBackend(gemm=...)).
     ``meet(part)`` is a barrier for the phases around the loop (a GEMM split by rows before
     or after it). With nparts > 1, ``blas()`` limits BLAS to one thread per part (each part
     calls BLAS itself), and BLAS worker threads are never woken: OpenBLAS's spin ~100 ms after
     each threaded call, and one on a core a part needs costs the part its time slices."""
 
-    def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT, products="openblas"):
+    def __init__(self, T, B, H, GH, threads, rules=DEFAULT_SPLIT, products="openblas",
+                 loop="njit"):
         self.B, self.H, self.GH = B, H, GH
         self.rules = rules
         if T * B * GH * H < rules.split_macs:
@@ -417,6 +427,7 @@ class Plan:
         else:
             self.kind, self.nparts = "rows", max(1, min(threads, B // rules.rows_per_part))
             self.products = products
+        self.loop = loop                 # "rows" with OpenBLAS: the time loop in njit or Python
         self._reset()
 
     def _fit_to_free_cores(self):

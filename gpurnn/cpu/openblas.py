@@ -1,0 +1,111 @@
+"""NumPy's own OpenBLAS, callable from njit code: the "rows" recurrence's per-step products
+without a Python call per step.
+
+Why: with the time loop in Python, each step of each part is a np.matmul call and an njit
+call (~10-20 us of argument handling), and the two parts' Python loops take turns at the
+GIL between their BLAS calls. Called from njit (nogil), the T steps of a part are one call
+that never touches the interpreter, as MKL's packed products already were (mkl.py).
+
+Which library: the OpenBLAS that NumPy's wheels bundle (found with threadpoolctl), whose
+CBLAS is exported with 64-bit integers and a suffix (``scipy_cblas_sgemm64_`` in NumPy 2,
+``cblas_sgemm64_`` in NumPy 1.2x). Float32 and float64. Where NumPy's BLAS is another one
+(conda's MKL, an unsuffixed OpenBLAS whose integer width cannot be told), the loop stays
+in Python and the plan says why (``status()``). Thread count: whatever OpenBLAS is set to;
+the split recurrence runs its parts under parallel.single_threaded_blas (one each).
+
+  status()          (True, "openblas <version> in <library>") or (False, why not)
+  gemm_nt(a, b, c)  njit: c = a @ b.T; a (M, K), b (N, K), c (M, N), each with unit stride
+                    in its last dimension (rows may be strided); float32 or float64
+
+Calls go by symbol name (llvmlite.binding.add_symbol, as mkl.py does), so kernels that use
+them cache on disk like every other kernel; ``status()`` registers the symbols, and the
+backend calls it before any kernel that uses them.
+
+Run/test:  python -m pytest tests/test_cpu_backend.py -q -k "products or openblas"
+"""
+import ctypes
+import functools
+
+import llvmlite.binding
+import llvmlite.ir as ir
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+from .jit import stable_jit
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112        # CBLAS enumerations (cblas.h)
+_SYMBOLS = {"float32": "gpurnn_openblas_sgemm", "float64": "gpurnn_openblas_dgemm"}
+_EXPORTS = (("scipy_cblas_", "64_"), ("cblas_", "64_"))   # (prefix, suffix): ILP64 builds
+
+
+@functools.lru_cache(maxsize=None)
+def _library():
+    """(ctypes library, description) or (None, why not)."""
+    import numpy  # noqa: F401  (threadpoolctl sees only libraries already loaded)
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError as e:
+        return None, f"threadpoolctl missing ({e})"
+    found = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
+    if not found:
+        apis = sorted({i.get("internal_api", "?") for i in threadpool_info()}) or ["none"]
+        return None, f"NumPy's BLAS is not OpenBLAS (found: {', '.join(apis)})"
+    tried = []
+    for info in found:
+        lib = ctypes.CDLL(info["filepath"])
+        for prefix, suffix in _EXPORTS:
+            try:
+                fns = {dt: getattr(lib, f"{prefix}{name}gemm{suffix}")
+                       for dt, name in (("float32", "s"), ("float64", "d"))}
+            except AttributeError:
+                tried.append(f"{prefix}sgemm{suffix} in {info['filepath']}")
+                continue
+            for dtype, fn in fns.items():
+                llvmlite.binding.add_symbol(_SYMBOLS[dtype], ctypes.cast(fn, ctypes.c_void_p).value)
+            return lib, f"openblas {info.get('version')} in {info['filepath']}"
+    return None, (f"NumPy's OpenBLAS exports no 64-bit-integer CBLAS gemm (tried {', '.join(tried)}); "
+                  "the per-step products run from a Python loop")
+
+
+def status():
+    """(True, which OpenBLAS) where njit code can call NumPy's OpenBLAS, else (False, why)."""
+    lib, text = _library()
+    return lib is not None, text
+
+
+@intrinsic
+def _gemm_nt(typingctx, a, b, c):
+    """cblas_?gemm(row-major, no-trans, trans): c = a @ b.T, 64-bit integer arguments."""
+    if not (all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, b, c))
+            and a.dtype == b.dtype == c.dtype and a.dtype in (types.float32, types.float64)):
+        return None
+    name = _SYMBOLS[str(a.dtype)]
+
+    def codegen(context, builder, signature, args):
+        i32, i64, ptr = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+        real = context.get_value_type(signature.args[0].dtype)
+        arrays = [context.make_array(t)(context, builder, v)
+                  for t, v in zip(signature.args, args)]
+        item = ir.Constant(i64, context.get_abi_sizeof(real))
+        shape = [cgutils.unpack_tuple(builder, x.shape, 2) for x in arrays]
+        lead = [builder.udiv(cgutils.unpack_tuple(builder, x.strides, 2)[0], item) for x in arrays]
+        m, k, n = shape[0][0], shape[0][1], shape[1][0]
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.VoidType(), [i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64]),
+            name)
+        data = [builder.bitcast(x.data, ptr) for x in arrays]
+        builder.call(fn, [ir.Constant(i32, ROW_MAJOR), ir.Constant(i32, NO_TRANS),
+                          ir.Constant(i32, TRANS), m, n, k, ir.Constant(real, 1.0), data[0],
+                          lead[0], data[1], lead[1], ir.Constant(real, 0.0), data[2], lead[2]])
+        return context.get_dummy_value()
+    return types.void(a, b, c), codegen
+
+
+_gemm_nt._set_uuid("gpurnn.cpu:openblas:_gemm_nt")      # stable cache keys (jit.py)
+
+
+@stable_jit("openblas", inline="always")
+def gemm_nt(a, b, c):
+    """c = a @ b.T by NumPy's OpenBLAS; a (M, K), b (N, K), c (M, N), unit stride in the
+    last dimension. Call ``status()`` first (it registers the library's symbols)."""
+    _gemm_nt(a, b, c)
