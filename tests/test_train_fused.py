@@ -107,10 +107,18 @@ def test_fused_head_checks_targets_and_propagates_nan(rng):
     assert np.isnan(fused.loss_and_backward(h, np.zeros(5, int))[0])
 
 
-def test_head_records_why_it_took_the_plain_path(rng):
+def test_head_records_why_it_took_the_plain_path(rng, monkeypatch):
+    """A plain path on NumPy arrays is a fallback: recorded, warned once, strict raises."""
+    from gpurnn import contract
+    monkeypatch.setattr(contract, "_warned", set())
+    monkeypatch.delenv("GPURNN_STRICT", raising=False)
     fused, _ = heads(3, 4, "float32", rng)
-    fused.loss_and_backward(rng.standard_normal((5, 3)), np.zeros(5, int))   # float64 h
+    with pytest.warns(RuntimeWarning, match="h is float64"):
+        fused.loss_and_backward(rng.standard_normal((5, 3)), np.zeros(5, int))   # float64 h
     assert fused.path == "plain: h is float64, the layer float32"
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    with pytest.raises(contract.FallbackError, match="h is float64"):
+        fused.loss_and_backward(rng.standard_normal((5, 3)), np.zeros(5, int))
 
 
 def random_problem(rng, dtype):
@@ -177,12 +185,31 @@ def test_global_norm_fused_and_plain(rng):
         clip_scale(1.0, 0.0)
 
 
-def test_optimizer_records_why_a_parameter_took_the_plain_path(rng):
+def test_optimizer_records_why_a_parameter_took_the_plain_path(rng, monkeypatch):
+    """Plain paths on NumPy arrays are fallbacks: recorded per parameter, warned once,
+    FallbackError under GPURNN_STRICT=1; fused=False is the user's choice and warns not."""
+    import warnings
+    from gpurnn import contract
+    monkeypatch.setattr(contract, "_warned", set())
+    monkeypatch.delenv("GPURNN_STRICT", raising=False)
     opt = Adam(0.01)
     p = {"fine": np.zeros(4, np.float32), "strided": np.zeros((4, 6), np.float32)[:, ::2],
          "mixed": np.zeros(3, np.float32)}
     g = {"fine": np.ones(4, np.float32), "strided": np.ones((4, 3), np.float32),
          "mixed": np.ones(3, np.float64)}
+    with pytest.warns(RuntimeWarning, match="not the fused pass") as caught:
+        opt.step(p, g)
+    assert sorted(str(w.message).split(":")[1].split()[0] for w in caught) == ["mixed", "strided"]
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    with pytest.raises(contract.FallbackError, match="strided"):
+        Adam(0.01).step(p, g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Adam(0.01, fused=False).step(p, g)
+    monkeypatch.delenv("GPURNN_STRICT")
+    opt = Adam(0.01)
+    p = {"fine": np.zeros(4, np.float32), "strided": np.zeros((4, 6), np.float32)[:, ::2],
+         "mixed": np.zeros(3, np.float32)}
     opt.step(p, g)
     assert opt.paths["fine"] == "fused"
     assert "not C-contiguous" in opt.paths["strided"]

@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from ..arrays import array_module, to_numpy
-from ..contract import matmul
+from ..contract import decline, matmul
 from ..validation import check_positive_int
 
 LN2 = math.log(2.0)
@@ -92,7 +92,9 @@ class OutputLayer:
     ``fused`` (default True): on NumPy arrays, everything between the GEMMs runs as the
     compiled passes of gpurnn.train.fused on buffers this layer keeps across calls; False,
     or arrays of another kind (CuPy), runs ``cross_entropy``'s array expressions.
-    ``path`` says which the last ``loss_and_backward`` ran: "fused", or "plain: <why>".
+    ``path`` says which the last ``loss_and_backward`` ran: "fused", or "plain: <why>"; a
+    plain path on NumPy arrays (h of another dtype than the layer's) warns once, and
+    GPURNN_STRICT=1 raises gpurnn.contract.FallbackError.
     """
 
     def __init__(self, hidden_size, vocab_size, dtype="float32", seed=None, backend="numpy",
@@ -138,6 +140,9 @@ class OutputLayer:
         lead = h.shape[:-1]
         h2 = h.reshape(-1, self.hidden_size)
         self.path = self._path(h2)
+        if self.path.startswith("plain: h is"):     # NumPy arrays the passes could take
+            decline(f"gpurnn OutputLayer: loss by array expressions, not the fused passes "
+                    f"({self.path[7:]})")
         if self.path == "fused":
             loss, dlogits = self._fused_loss(h2, targets, reduction)
         else:

@@ -21,6 +21,7 @@ import math
 import numpy as np
 
 from ..arrays import array_module
+from ..contract import decline
 
 
 def prefixed(**groups):
@@ -80,6 +81,13 @@ def _arrays(grads):
             yield g
 
 
+# Plain paths that are no fallback: the user's choice, or device arrays (the fused pass is
+# a CPU kernel). Any other plain path on NumPy arrays is one: it warns once, and raises
+# under GPURNN_STRICT=1 (contract.decline).
+_NOT_NUMPY = "plain: not NumPy arrays (the fused pass needs them)"
+_CHOSEN = ("plain: fused=False", _NOT_NUMPY)
+
+
 class Optimizer:
     """Base: ``step(params, grads, grad_scale)`` updates every ``params[name]`` in place.
 
@@ -87,7 +95,9 @@ class Optimizer:
     NumPy arrays of one dtype and shape, the written ones C-contiguous, is updated in one
     compiled pass (gpurnn.train.fused); any other, or every one with False, by the array
     expressions of ``_update``. ``paths`` says which ran for each name in the last step:
-    "fused", or "plain: <why>".
+    "fused", or "plain: <why>"; a plain path on NumPy arrays that could not be fused (a
+    dtype, shape or layout the pass does not take) warns once, and GPURNN_STRICT=1 raises
+    gpurnn.contract.FallbackError.
     """
     name = "optimizer"
     buffer_kinds = ()           # the state arrays kept per parameter, "<kind>/<name>"
@@ -113,6 +123,9 @@ class Optimizer:
             g = grads[name]
             buffers = [self._buffer(kind, name, p) for kind in self.buffer_kinds]
             path = self.paths[name] = self._path(p, g, buffers)
+            if path.startswith("plain: ") and path not in _CHOSEN:
+                decline(f"gpurnn {self.name}: {name} updated by array expressions, not the "
+                        f"fused pass ({path[7:]})")
             if path == "fused":
                 if p.dtype not in constants:
                     constants[p.dtype] = self._constants(p.dtype.type, grad_scale)
@@ -127,7 +140,7 @@ class Optimizer:
         if not self.fused:
             return "plain: fused=False"
         if not all(isinstance(a, np.ndarray) for a in (p, g, *buffers)):
-            return "plain: not NumPy arrays (the fused pass needs them)"
+            return _NOT_NUMPY
         if p.dtype.name not in ("float32", "float64"):
             return f"plain: the parameter is {p.dtype}"
         if any(a.dtype != p.dtype or a.shape != p.shape for a in (g, *buffers)):
