@@ -36,9 +36,10 @@ def test_readme_test_command_is_what_ci_runs():
 
 def test_info_names_cuda_bindings_toolkit_and_gemm_path():
     rows = dict(collect_info())
-    for label in ("cuda-bindings", "CUDA toolkit packages", "cuda GEMM path"):
+    for label in ("cuda-bindings", "CUDA toolkit packages", "cuda GEMM path", "cpu GEMM path"):
         assert rows[label], label
     assert re.match(r"(cuBLAS via CuPy|Numba gemm kernel|none)", rows["cuda GEMM path"])
+    assert re.match(r"(mkl|openblas), time loop in (njit|python)", rows["cpu GEMM path"])
 
 
 def test_module_skip_reasons_count_the_tests_they_skip():

@@ -536,6 +536,7 @@ def collect_info():
     rows.append(("backends available", _safe(lambda: ", ".join(__import__("gpurnn").available_backends()))))
     rows.append(("backend 'auto' picks", _safe(lambda: __import__("gpurnn").get_backend("auto").name)))
     rows.append(("cuda GEMM path", _safe(_gemm_path)))
+    rows.append(("cpu GEMM path", _safe(_cpu_gemm_path)))
     return rows
 
 
@@ -554,11 +555,25 @@ def _gemm_path():
     """Which GEMM the cuda backend's input projection and weight gradients will use."""
     import gpurnn
     if "cuda" not in gpurnn.available_backends():
-        return "none (no cuda backend here; the cpu backend's GEMMs are NumPy's BLAS)"
+        return "none (no cuda backend here)"
     if gpurnn.get_backend("cuda").xp.__name__ == "cupy":     # the contract's array module
         return "cuBLAS via CuPy"
     why = "the CUDA simulator" if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else "CuPy not importable"
     return f"Numba gemm kernel (fallback: {why}; pip install -e '.[cuda12]' for cuBLAS)"
+
+
+def _cpu_gemm_path():
+    """Which library the cpu backend's float32 "rows" recurrence (B > 8) multiplies with,
+    where its time loop runs, and why (CpuBackend._products / _loop: what tape["plan"]
+    will say)."""
+    from gpurnn.cpu import CpuBackend
+    import numpy as np
+    backend = CpuBackend()
+    library, declined, chosen = backend._products(np.dtype(np.float32))
+    loop, slow = backend._loop(library)
+    why = "; ".join(filter(None, [declined and f"MKL declined: {declined}", chosen,
+                                  slow and f"loop in Python: {slow}"]))
+    return f"{library}, time loop in {loop}" + (f" ({why})" if why else "")
 
 
 def _gpu_description():
