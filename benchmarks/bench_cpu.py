@@ -71,7 +71,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # (benchmarks/ is on sys.path when run as a script)
-from machine import busy_core, cpu_figures, describe_peak, openblas_architecture  # noqa: E402
+from machine import (busy_core, cpu_figures, describe_peak, gemm_ceiling_gflops,  # noqa: E402
+                     openblas_architecture)
 from timing import (gpurnn_results, interleaved_times, layer_flops, layer_reference, time_calls,  # noqa: E402
                     torch_results, validate)
 
@@ -531,7 +532,9 @@ def main(argv=None):
               "forward + backward of one float32 layer; ratio = median / torch's median in the same run.", "",
               f"Machine: {describe_peak(cpu_figures())}; {os.cpu_count()} logical CPUs visible; "
               f"threads {args.threads}; {versions_line()}", "",
-              f"OpenBLAS kernels (threadpoolctl architecture): {openblas_architecture()}", "",
+              f"OpenBLAS kernels (threadpoolctl architecture): {openblas_architecture()}; "
+              f"measured ceiling, one 2048^3 float32 GEMM at the default threads: "
+              f"{gemm_ceiling_gflops():.0f} GFLOP/s (machine.gemm_ceiling_gflops)", "",
               "FLOPs: the matrix products of forward + backward (6 T B G H (I + H)); pointwise "
               "work ignored. % of peak = GFLOP/s / the fp32 peak above.", "",
               f"Load average (1 min) before/after: {load}"]

@@ -71,6 +71,23 @@ def describe_peak(fig):
             f"{fig['mhz']:.0f} MHz ({fig['clock_source']})")
 
 
+def gemm_ceiling_gflops(n=2048, repeats=5):
+    """What one large float32 GEMM achieves here (NumPy's BLAS, its default threads, best
+    of ``repeats`` n x n x n products, GFLOP/s): the practical ceiling a recurrent layer's
+    products can approach, measured, beside the nominal peak (whose clock a VM may
+    misreport: on an EPYC Zen 5 one thread ran 195 GFLOP/s where 2596 MHz x 64 allows 166)."""
+    import numpy as np
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    out = np.empty_like(a)
+    np.matmul(a, a, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.matmul(a, a, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best / 1e9
+
+
 def openblas_architecture():
     """The kernels OpenBLAS chose (threadpoolctl's "architecture", e.g. SkylakeX or Haswell;
     OPENBLAS_CORETYPE overrides the detection) of every OpenBLAS loaded, or a reason."""
