@@ -131,11 +131,10 @@ def test_cooperative_kernel_forced(rng, cell):
                         truncate=3, backend=be, expect="persistent-grid")
 
 
-@pytest.mark.parametrize("cell,ks,rb,jb,grid", [("lstm", 2, 2, 1, False), ("gru", 3, 2, 1, True),
-                                                ("rnn_tanh", 4, 1, 4, False),
-                                                ("rnn_relu", 1, 2, 2, False),
-                                                ("mgu", 2, 3, 2, True), ("cifg_lstm", 3, 2, 1, False),
-                                                ("slstm", 2, 2, 1, True)])
+@pytest.mark.parametrize("cell,ks,rb,jb,grid", [
+    ("lstm", 2, 2, 1, False), ("gru", 3, 2, 1, True), ("rnn_tanh", 4, 1, 4, False),
+    ("rnn_relu", 1, 2, 2, False), ("mgu", 2, 3, 2, True), ("cifg_lstm", 3, 2, 1, False),
+    ("slstm", 2, 2, 1, True)])
 def test_persistent_split_k_and_row_blocking(rng, cell, ks, rb, jb, grid):
     """KS threads per unit's dot product (partial sums reduced in shared memory), RB rows
     and JB units per thread (register blocking; B=3 leaves a ragged last row group, H=5 a

@@ -462,9 +462,9 @@ def _log2(n):
 
 def persist_dot(nu, ng, rb, ks, dtype):
     """The persistent kernels' recurrent dot products, one source for both: device
-    functions (tiled_dot, reduce_split_k) for a thread that owns ``nu`` units x ``rb``
-    rows with ``ng`` weight rows per unit (forward: nu = 1, ng = G gates; backward:
-    nu = JB, ng = 1), split-K over ``ks`` lanes. Accumulator a*ng + g holds gate g of the
+    functions (tiled_dot, reduce_split_k, pair, lane_lengths) for a thread that owns
+    ``nu`` units x ``rb`` rows with ``ng`` weight rows per unit (forward: nu = JB,
+    ng = G gates; backward: nu = JB, ng = 1), split-K over ``ks`` lanes. Accumulator a*ng + g holds gate g of the
     (unit, row) pair a = u*rb + r; all counts are compile-time constants (UF, SU too).
 
     tiled_dot(dyn, acc, src, srow, K, KT, B, NR, VOFF, VS, wb, H, WS, vb, ks, lin, nth)
@@ -481,8 +481,10 @@ def persist_dot(nu, ng, rb, ks, dtype):
         the m-th pair lane ks finishes after the reduction (m < NPL = ceil(nu*rb / KS)):
         a = ks + KS*m, row r0 + a % rb, unit j1 + a // rb (j1, r0: the thread's first
         unit and row). So the pointwise steps and their global round trips run in
-        parallel over the KS lanes. Recomputed where needed (a mask and a shift): rows
-        and units kept in arrays across the time loop cost up to 7 registers.
+        parallel over the KS lanes. Recomputed where needed (unsigned: a mask and a
+        shift for a power-of-two rb): int64 arrays of rows and units kept across the
+        time loop, and signed % and //, cost up to 7 registers in the forward and up to
+        42 in the backward.
     lane_lengths(ks, j1, r0, B, H, lens, lnr)
         lnr[m] = the length of pair m's row, 0 where the pair is padding (a >= nu*rb,
         row >= B or unit >= H).
@@ -762,8 +764,10 @@ def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
                                  gate row k at u*WS + k (from wt = W_hh^T, coalesced)
         V    [J*WS, +NR*VS)      tile of dGh_{t+1}, NR = blockDim.z*RB rows, KT per tile
         RED  [.., +JB*RB*threads) split-K partials [u][thread] when not uses_shuffle(KS)
-    The ks = 0 thread carries the S state gradients of its JB x RB (unit, row) pairs in
-    registers across steps. KS, RB, JB, G, S are compile-time constants.
+    The dot product, split-K reduction and pair ownership are fwd_persist's
+    (persist_dot(JB, 1, RB, KS)); lane ks carries the S state gradients of its pairs
+    (ks, ks+KS, ... of the thread's JB x RB) in registers across steps. KS, RB, JB, G, S
+    are compile-time constants.
     Args: (T, B, H, KT, WS, VS, trunc, tph, dgh, dgx, wt, lens, st, act, dout, dsn, ds0),
     tph = T % trunc (0 without truncation): the phase of the cut at t = T-1.
     """
