@@ -131,21 +131,21 @@ def test_cooperative_kernel_forced(rng, cell):
                         truncate=3, backend=be, expect="persistent-grid")
 
 
-@pytest.mark.parametrize("cell,ks,rb,grid", [("lstm", 2, 2, False), ("gru", 3, 2, True),
-                                             ("rnn_tanh", 4, 1, False), ("rnn_relu", 1, 2, False),
-                                             ("mgu", 2, 3, True), ("cifg_lstm", 3, 2, False),
-                                             ("slstm", 2, 2, True)])
-def test_persistent_split_k_and_row_blocking(rng, cell, ks, rb, grid):
-    """KS threads per unit's dot product (partial sums reduced in shared memory) and RB
-    rows per forward thread (register blocking; B=3 leaves a ragged last group): the GPU
-    defaults, which the simulator only runs when asked."""
-    be = CudaBackend(algo="persistent", split_k=ks, rows_per_thread=rb, grid_sync=grid,
-                     poison=True)
+@pytest.mark.parametrize("cell,ks,rb,jb,grid", [
+    ("lstm", 2, 2, 1, False), ("gru", 3, 2, 1, True), ("rnn_tanh", 4, 1, 4, False),
+    ("rnn_relu", 1, 2, 2, False), ("mgu", 2, 3, 2, True), ("cifg_lstm", 3, 2, 1, False),
+    ("slstm", 2, 2, 1, True)])
+def test_persistent_split_k_and_row_blocking(rng, cell, ks, rb, jb, grid):
+    """KS threads per unit's dot product (partial sums reduced in shared memory), RB rows
+    and JB units per thread (register blocking; B=3 leaves a ragged last row group, H=5 a
+    ragged last unit group): the GPU defaults, which the simulator only runs when asked."""
+    be = CudaBackend(algo="persistent", split_k=ks, rows_per_thread=rb, units_per_thread=jb,
+                     grid_sync=grid, poison=True)
     dev = check_against_numpy(rng, cell, "persistent", T=3, B=3, I=2, H=5,
                               lengths=np.array([3, 2, 1]), truncate=2, backend=be,
                               expect="persistent-grid" if grid else "persistent-1block")
     (fwd,), (bwd,) = _plans(dev, "forward"), _plans(dev, "backward")
-    assert fwd["KS"] == ks and fwd["RB"] == rb and bwd["KS"] == ks
+    assert fwd["KS"] == ks and fwd["RB"] == rb and fwd["JB"] == jb and bwd["KS"] == ks
 
 
 @pytest.mark.parametrize("cell,algo", [("lstm", "step"), ("gru", "persistent"),
@@ -394,23 +394,25 @@ def test_lstm_h768_persistent_grid_over_48k_shared(rng, monkeypatch):
         assert p["smem"] > 48 * 1024, p
 
 
-@pytest.mark.parametrize("cell,uf", [("lstm", 2), ("gru", 3)])
-def test_unrolled_dot_loops(rng, monkeypatch, cell, uf):
+@pytest.mark.parametrize("cell,uf,jb", [("lstm", 2, 2), ("gru", 3, 2), ("rnn_tanh", 3, 4)])
+def test_unrolled_dot_loops(rng, monkeypatch, cell, uf, jb):
     """The GPU build unrolls the persistent dot-product loops UF = 8 times with a guarded
     tail (kernels.dot_source) and stages SU = 8 rows per pass (kernels.stage_source);
     here UF = SU = 2 / 3 with split-K 2 and a tile cut, so the unrolled steps, the tail,
-    the ragged staging passes and several tiles all run against the reference."""
+    the ragged staging passes and several tiles all run against the reference; JB units
+    per thread in both directions (rnn_tanh: the GPU's forward blocking, JB = 4, H = 7 a
+    ragged unit group)."""
     monkeypatch.setattr(K, "UF", uf)
     monkeypatch.setattr(K, "SU", uf)          # stage(): rows per pass, ragged last pass
     monkeypatch.setattr(K, "VT", 24)
     monkeypatch.setattr(K, "PERSIST_VT", 24)
-    be = CudaBackend(algo="persistent", split_k=2, rows_per_thread=2, units_per_thread=2,
+    be = CudaBackend(algo="persistent", split_k=2, rows_per_thread=2, units_per_thread=jb,
                      poison=True)
     dev = check_against_numpy(rng, cell, "persistent", T=3, B=3, I=2, H=7,
                               lengths=np.array([3, 2, 1]), truncate=2, backend=be,
                               expect="persistent-1block")
-    (bwd,) = _plans(dev, "backward")
-    assert bwd["JB"] == 2 and bwd["RB"] == 2
+    for p in _plans(dev, "forward") + _plans(dev, "backward"):
+        assert p["JB"] == jb and p["RB"] == 2
 
 
 def test_dot_source_is_unrolled_straight_line():

@@ -37,7 +37,7 @@ Algorithm choice ``algo``:
 Plans: what ran is recorded per call, never on the backend object: tape["plan"] for the
 forward and DirectionGrads.plan for the backward, a dict with "algorithm" ("step",
 "persistent-1block" or "persistent-grid"), "requested" (the algo setting), for the
-persistent kernels "J", "blocks", "threads", "smem", "KS" (and "RB" in the forward), for
+persistent kernels "J", "blocks", "threads", "smem", "KS", "RB", "JB", for
 the step kernel "block", and "declined" (why) whenever the persistent kernel was requested
 or preferred (auto) but cannot run: it does not fit on chip, needs a grid the settings
 forbid, exceeds the compiled kernel's thread limit, or its blocks cannot be co-resident.
@@ -142,8 +142,9 @@ class CudaBackend:
     split_k: force KS, the threads sharing one unit's dot product in the persistent kernels.
     rows_per_thread: force RB, the batch rows each persistent thread applies a weight to
     (register blocking, forward and backward; default 4 on a GPU, 1 in the simulator).
-    units_per_thread: force JB, the hidden units each backward persistent thread applies
-    a dGh value to (default 4 on a GPU, 1 in the simulator).
+    units_per_thread: force JB, the hidden units each persistent thread applies an h /
+    dGh value to (forward and backward; default on a GPU kernels.persist_jb(G) in the
+    forward, 4 for one gate, and 4 in the backward; 1 in the simulator).
     poison: fill every buffer the backend allocates with NaN first (tests: unwritten
     elements then show up as NaN).
     """
@@ -393,7 +394,7 @@ class CudaBackend:
         kernel was asked for, else why the persistent kernel cannot run (the plan's
         "declined").
 
-        rb: rows per thread, jb: units per thread (backward only; register blocking).
+        rb: rows per thread, jb: units per thread (register blocking).
         params: J (units per block, a multiple of jb), blocks, block (KS, J/jb, ceil(B/rb)),
         threads, smem (bytes), grid, KS, KT (inputs per staged tile of h / dGh: all of
         them whenever they fit), WS / VS (bank-padded row strides of the W and tile
@@ -445,7 +446,7 @@ class CudaBackend:
             KS = 32                                # >= 8 inputs per thread
             while KS > 1 and (groups * jg * KS > MAX_THREADS or KS > max(1, K_len // 8)):
                 KS //= 2
-        nacc = (jb if backward else G) * rb
+        nacc = (1 if backward else G) * jb * rb      # accumulators per thread
         while True:
             threads = groups * jg * KS
             red = nacc * threads if KS > 1 and not K.uses_shuffle(KS) else 0
@@ -560,14 +561,15 @@ class CudaBackend:
             return "persistent", "static rule (no timing)"
         return win, f"measured ({key}): {win}"
 
-    def _rb(self, B, G=None):
-        """RB: rows per persistent thread (forward: G given, kernels.persist_rb(G))."""
-        dflt = K.PERSIST_RB if G is None else K.persist_rb(G)
-        rb = self.rows_per_thread or (1 if K.SIMULATOR else dflt)
+    def _rb(self, B):
+        """RB: rows per persistent thread."""
+        rb = self.rows_per_thread or (1 if K.SIMULATOR else K.PERSIST_RB)
         return max(1, min(int(rb), B))
 
-    def _jb(self, H):
-        jb = self.units_per_thread or (1 if K.SIMULATOR else K.PERSIST_JB)
+    def _jb(self, H, G=None):
+        """JB: units per persistent thread (forward: G given, kernels.persist_jb(G))."""
+        dflt = K.PERSIST_JB if G is None else K.persist_jb(G)
+        jb = self.units_per_thread or (1 if K.SIMULATOR else dflt)
         return max(1, min(int(jb), H))
 
     def _new_plan(self, reason):
@@ -615,8 +617,8 @@ class CudaBackend:
         act = self._empty(T * B * V * H, dtype) if V else self._zeros(1, dtype)
         out = self._empty(T * B * H, dtype)
 
-        rb = self._rb(B, G)
-        algo, params = self._plan(G, B, H, dtype.itemsize, rb)
+        rb, jb = self._rb(B), self._jb(H, G)
+        algo, params = self._plan(G, B, H, dtype.itemsize, rb, jb)
         plan = self._new_plan(params if algo == "step" else None)
         auto_step = False
         if algo == "persistent" and self._tuner is not None:
@@ -625,12 +627,12 @@ class CudaBackend:
             auto_step = algo == "step"
         ran = False
         if algo == "persistent":
-            kern = K.fwd_persist_kernel(spec, dtype, params["grid"], rb, params["KS"])
+            kern = K.fwd_persist_kernel(spec, dtype, params["grid"], rb, params["KS"], jb)
             args = (T, B, H, params["KT"], params["WS"], params["VS"]) + self._nb(
                 gx, whh, bhh, lens, st, act, out)
             ran = self._run_persistent(kern, dtype, params, args, plan)
             if ran:
-                plan["RB"] = rb
+                plan.update(RB=rb, JB=jb)
         if not ran:
             bufs = self._nb(gx, wt, bhh, lens, st, act, out)
             self._run_step(K.fwd_step_kernel(spec, dtype), B, H, range(T),

@@ -31,10 +31,12 @@ Versions:
                            W_hh slice of its J hidden units in dynamic shared memory for
                            all T steps; block (KS, J/JB, ceil(B/RB)): KS split-K lanes per
                            dot product (warp-shuffle butterfly on a GPU, shared-memory
-                           tree in the simulator), register blocking over RB rows (and JB
-                           units in the backward); all of h_{t-1} / a dGh tile staged at
-                           once, no integer division, uint32 shared indices, dot loops
-                           unrolled UF times (dot_source); grid=True: cooperative
+                           tree in the simulator), register blocking over RB rows and JB
+                           units (forward: persist_jb(G), 4 for one gate); all of h_{t-1} /
+                           a dGh tile staged at once, no integer division, uint32 shared
+                           indices; one tiled dot product + split-K reduction for both
+                           directions (persist_dot), its loop unrolled UF times
+                           (dot_source); grid=True: cooperative
                            multi-block launch with cuda.cg.this_grid().sync() between
                            steps; grid=False: the single-block variant.
   gemm                     TS x TS tiles (TS = 8 in the simulator, 16 on a GPU).
@@ -106,10 +108,11 @@ PERSIST_RB = 4          # rows per thread in the persistent kernels on a GPU (re
 PERSIST_JB = 4          # units per thread in bwd_persist on a GPU (register blocking)
 
 
-def persist_rb(G):
-    """Rows per thread of fwd_persist on a GPU: 4, or 8 for cells of <= 2 gates (G + RB
-    loads per G*RB FMAs: at G = 2, RB = 4 would be 0.75 loads per FMA)."""
-    return 8 if G <= 2 else PERSIST_RB
+def persist_jb(G):
+    """Units per thread of fwd_persist on a GPU: enough that a thread's G*JB weight rows
+    and RB = 4 h rows make 16 accumulators from 8 loads per input (JB = 4 for one gate,
+    2 for two, 1 from three gates on: G*RB already >= 12 and G + RB <= 8)."""
+    return max(1, PERSIST_JB // G)
 
 
 def _kernel(fn, persistent=False):
@@ -175,9 +178,9 @@ def unit_source(spec):
     fwd_gx(t, B, H, b, j, xr, rx, gx)
         xr[rx + k] = Gx[t, b, k*H + j] (gate k's input pre-activation): issued early, before
         the recurrent dot products, so the loads are in flight while they run (prefetch).
-    fwd_unit(t, T, B, H, b, j, ln, acc, ra, xr, rx, bh, sreg, rs, act, out, st)
+    fwd_unit(t, T, B, H, b, j, ln, acc, ra, xr, rx, bh, rh, sreg, rs, act, out, st)
         acc[ra + k] = gate k's recurrent sum (no bias yet), xr[rx + k] its input part,
-        bh[k] = b_hh[k*H + j] (registers), sreg[rs + s] = state s before step t, ln = the
+        bh[rh + k] = b_hh[k*H + j] (registers), sreg[rs + s] = state s before step t, ln = the
         row's length. Runs the cell, writes act[t, b, :, j], out[t, b, j] (0 past the
         row's length) and st[:, t+1, b, j]; leaves the state after step t in sreg
         (unchanged past the row's length).
@@ -200,11 +203,11 @@ def unit_source(spec):
     for k in range(G):
         a(f"    xr[rx + {k}] = gx[gb + {k} * H]")
     a("")
-    a("def fwd_unit(t, T, B, H, b, j, ln, acc, ra, xr, rx, bh, sreg, rs, act, out, st):")
+    a("def fwd_unit(t, T, B, H, b, j, ln, acc, ra, xr, rx, bh, rh, sreg, rs, act, out, st):")
     for k in range(G):
         a(f"    xg{k} = xr[rx + {k}]")
     for k in range(G):
-        a(f"    hg{k} = acc[ra + {k}] + bh[{k}]")
+        a(f"    hg{k} = acc[ra + {k}] + bh[rh + {k}]")
     for s in range(S):
         a(f"    s{s} = sreg[rs + {s}]")
     res = [f"n{s}" for s in range(S)] + [f"v{v}" for v in range(V)]
@@ -295,11 +298,9 @@ def _unit(spec, dtype):
     ns = _exec(unit_source(spec), f"units {spec.name!r} {np.dtype(dtype).name}",
                dict(zero=zero, cell_fwd=cell_fwd, cell_bwd=cell_bwd))
 
-    stage = _stage_fn(zero, SU)
-
     # plain device functions: NVVM inlines them into every kernel anyway
     _cache[key] = (_device(ns["fwd_gx"]), _device(ns["fwd_unit"]), _device(ns["bwd_unit"]),
-                   _device(stage))
+                   _stage_fn(zero, SU))
     return _cache[key]
 
 
@@ -334,10 +335,11 @@ def stage_source(su):
 
 
 def _stage_fn(zero, su):
+    """stage() (stage_source) as a device function, typed by ``zero``."""
     key = ("stage", type(zero).__name__, su)
     if key not in _cache:
         ns = _exec(stage_source(su), f"stage x{su}", dict(zero=zero, cuda=cuda))
-        _cache[key] = ns["stage"]
+        _cache[key] = _device(ns["stage"])
     return _cache[key]
 
 
@@ -397,7 +399,7 @@ def fwd_step_kernel(spec, dtype):
                 sreg[s] = st[p + s * ss]
             for g in range(G):
                 bh[g] = bhh[j + g * H]
-            fwd_unit(t, T, B, H, b, j, lens[b], acc, 0, xr, 0, bh, sreg, 0, act, out, st)
+            fwd_unit(t, T, B, H, b, j, lens[b], acc, 0, xr, 0, bh, 0, sreg, 0, act, out, st)
 
     _cache[key] = _kernel(fwd_step)
     return _cache[key]
@@ -458,67 +460,186 @@ def _log2(n):
     return int(n).bit_length() - 1
 
 
-def fwd_persist_kernel(spec, dtype, grid, rb=1, ks=1):
+def persist_dot(nu, ng, rb, ks, dtype):
+    """The persistent kernels' recurrent dot products, one source for both: device
+    functions (tiled_dot, reduce_split_k, pair, lane_lengths) for a thread that owns
+    ``nu`` units x ``rb`` rows with ``ng`` weight rows per unit (forward: nu = JB,
+    ng = G gates; backward: nu = JB, ng = 1), split-K over ``ks`` lanes. Accumulator a*ng + g holds gate g of the
+    (unit, row) pair a = u*rb + r; all counts are compile-time constants (UF, SU too).
+
+    tiled_dot(dyn, acc, src, srow, K, KT, B, NR, VOFF, VS, wb, H, WS, vb, ks, lin, nth)
+        acc[(u*rb + r)*ng + g] = sum over this lane's k (k = ks mod KS, k < K) of
+        dyn[wb + u*WS + g*H + k] * src[srow + (r0 + r)*K + k], the NR operand rows staged
+        tile by tile (KT inputs, row stride VS) at dyn[VOFF:], this thread's rows at
+        dyn[vb:] (vb = VOFF + r0*VS). Every thread runs it (zero weights / rows pad the
+        edges): no divergence, and all lanes reach the shuffles after it.
+    reduce_split_k(dyn, acc, RED, lin, ks, nth, mask)
+        every lane of a KS group gets the group's totals: warp-shuffle butterfly where
+        uses_shuffle(KS) (mask: the lanes of a partial last warp), else a tree through
+        shared memory at dyn[RED:], laid out [accumulator][thread] (conflict-free).
+    pair(ks, m, j1, r0) -> (row, unit)
+        the m-th pair lane ks finishes after the reduction (m < NPL = ceil(nu*rb / KS)):
+        a = ks + KS*m, row r0 + a % rb, unit j1 + a // rb (j1, r0: the thread's first
+        unit and row). So the pointwise steps and their global round trips run in
+        parallel over the KS lanes. Recomputed where needed (unsigned: a mask and a
+        shift for a power-of-two rb): int64 arrays of rows and units kept across the
+        time loop, and signed % and //, cost up to 7 registers in the forward and up to
+        42 in the backward.
+    lane_lengths(ks, j1, r0, B, H, lens, lnr)
+        lnr[m] = the length of pair m's row, 0 where the pair is padding (a >= nu*rb,
+        row >= B or unit >= H).
+    """
+    NU, NG, RB, KS = int(nu), int(ng), int(rb), int(ks)
+    key = ("persist_dot", NU, NG, RB, KS, UF, SU, np.dtype(dtype).name)
+    if key in _cache:
+        return _cache[key]
+    zero = np.dtype(dtype).type(0)
+    NA, NACC = NU * NG, NU * NG * RB
+    SHUF = uses_shuffle(KS)
+    SMEMRED = KS > 1 and not SHUF
+    LOGKS = _log2(KS) if SHUF else 0
+    UFK = UF
+
+    def acc_index(a, r):                     # weight row a = u*NG + g, operand row r
+        return ((a // NG) * RB + r) * NG + a % NG
+
+    label = f"{NU}u{NG}g{RB}r"
+    dotu = _dot(NA, RB, UFK, KS, acc_index, label)
+    tail = _dot(NA, RB, max(UFK - 1, 1), KS, acc_index, label, guard=True)
+    stage = _stage_fn(zero, SU)
+
+    def tiled_dot(dyn, acc, src, srow, K, KT, B, NR, VOFF, VS, wb, H, WS, vb, ks, lin, nth):
+        wbase = cuda.local.array(NA, uint32)     # shared-memory bases of the weight rows
+        vbase = cuda.local.array(RB, uint32)     # ... and of the operand rows
+        for a in range(NACC):
+            acc[a] = zero
+        k0 = 0
+        while k0 < K:                            # tiles of KT inputs (one when KT = K)
+            stage(dyn, VOFF, src, srow, 0, NR, B, K, k0, KT, VS, lin, nth)
+            n = K - k0
+            if n > KT:
+                n = KT
+            w0 = wb + k0
+            # unsigned 32-bit indices: no negative-index wraparound code, 32-bit adds
+            for u in range(NU):
+                for g in range(NG):
+                    wbase[u * NG + g] = uint32(w0 + u * WS + g * H)
+            for r in range(RB):
+                vbase[r] = uint32(vb + r * VS)
+            kk = ks
+            while kk + (UFK - 1) * KS < n:
+                dotu(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
+                kk += UFK * KS
+            if UFK > 1:                          # < UF steps left: guarded, no loop
+                tail(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
+            k0 += KT
+
+    def reduce_split_k(dyn, acc, RED, lin, ks, nth, mask):
+        if SHUF:                                 # butterfly over the KS lanes
+            for a in range(NACC):
+                v = acc[a]
+                for e in range(LOGKS):
+                    v += cuda.shfl_xor_sync(mask, v, KS >> (e + 1))
+                acc[a] = v
+        elif SMEMRED:                            # tree through shared memory, [a][thread]
+            for a in range(NACC):
+                dyn[RED + a * nth + lin] = acc[a]
+            span = KS
+            while span > 1:
+                half = (span + 1) >> 1
+                cuda.syncthreads()
+                if ks < span - half:             # reads slots >= half, writes < half
+                    for a in range(NACC):
+                        acc[a] += dyn[RED + a * nth + lin + half]
+                        dyn[RED + a * nth + lin] = acc[a]
+                span = half
+            cuda.syncthreads()                   # lane 0's totals to every lane
+            for a in range(NACC):
+                acc[a] = dyn[RED + a * nth + lin - ks]
+
+    NPAIR = NU * RB
+    NPL = -(-NPAIR // KS)
+
+    def pair(ks, m, j1, r0):
+        a = ks + KS * m
+        if NU > 1:                               # unsigned: % and // by a constant are
+            ua = uint32(a)                       # a mask and a shift, not signed fixups
+            return r0 + int64(ua % uint32(RB)), j1 + int64(ua // uint32(RB))
+        return r0 + a, j1                        # one unit: a < RB where it is real
+
+    pair_d = _device(pair)
+
+    def lane_lengths(ks, j1, r0, B, H, lens, lnr):
+        for m in range(NPL):
+            b, j = pair_d(ks, m, j1, r0)
+            ln = 0
+            if ks + KS * m < NPAIR and b < B and j < H:
+                ln = lens[b]
+            lnr[m] = ln
+
+    _cache[key] = (_device(tiled_dot), _device(reduce_split_k), pair_d,
+                   _device(lane_lengths))
+    return _cache[key]
+
+
+def fwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
     """The whole sequence in one launch (see module doc).
 
-    Launch: grid (ceil(H/J),), block (KS, J, ceil(B/RB)) threads: x = split-K slice ks,
-    y = local unit jl (j = blockIdx.x*J + jl), z = row group q (rows q*RB .. q*RB+RB-1,
-    register-blocked: each weight read from shared memory is applied to RB rows, and each
-    h value to the G gates). No integer division anywhere: the thread's roles are its
-    thread indices. Dynamic shared memory, in elements:
+    Launch: grid (ceil(H/J),), block (KS, J/JB, ceil(B/RB)) threads: x = split-K slice ks,
+    y = unit group jg (units jl = jg*JB + u, u < JB; j = blockIdx.x*J + jl), z = row group
+    q (rows q*RB .. q*RB+RB-1). Register blocking three ways: each weight read from shared
+    memory is applied to RB rows, each h value to the G gates of JB units, so a thread's
+    G*JB*RB accumulators cost G*JB + RB loads per input (persist_dot; JB > 1 is what
+    lifts the one-gate cells' ratio). No integer division anywhere: the thread's roles are
+    its thread indices. Dynamic shared memory, in elements:
         W    [0, J*WS)            W_hh rows of the block's units, (J, WS >= G*H): unit
                                   jl, gate g, input i at jl*WS + g*H + i
         V    [J*WS, +NR*VS)       tile of h_{t-1}: NR = blockDim.z*RB rows (rows >= B are
                                   zero), KT inputs per tile, row stride VS >= KT (all of h
                                   at once, KT = H, whenever it fits)
-        RED  [.., +G*RB*threads)  split-K partials, [u][thread] (only when KS > 1 and the
-                                  reduction is not by warp shuffles: uses_shuffle(KS))
+        RED  [.., +G*JB*RB*threads) split-K partials, [a][thread] (only when KS > 1 and
+                                  the reduction is not by warp shuffles: uses_shuffle(KS))
     WS and VS are padded on the host (backend._bank_stride) so the lanes of a warp hit
-    distinct banks. KS, RB, G, S are compile-time constants; the ks = 0 thread owns the
-    unit's gates, the RB x S states (registers) and the writes.
+    distinct banks. KS, RB, JB, G, S are compile-time constants. After the reduction lane
+    ks owns the (unit, row) pairs ks, ks+KS, ... of the thread's JB*RB: their G sums, b_hh,
+    row lengths and S states (registers) and their pointwise step, in parallel over the
+    KS lanes.
     Args: (T, B, H, KT, WS, VS, gx, w, bhh, lens, st, act, out), w = W_hh (G*H, H).
     """
     spec = get_cell(spec)
-    KS = int(ks)
-    key = ("fwd_persist",) + _spec_key(spec, dtype) + (bool(grid), int(rb), KS, UF, SU)
+    KS, RB, JB = int(ks), int(rb), int(jb)
+    key = ("fwd_persist",) + _spec_key(spec, dtype) + (bool(grid), RB, KS, JB, UF, SU)
     if key in _cache:
         return _cache[key]
     G, S, zero, nbt = _consts(spec, dtype)
     GRID = bool(grid)
-    RB = int(rb)
-    NACC = G * RB
-    NPL = -(-RB // KS)                          # rows each of the KS lanes finishes
+    NACC = G * JB * RB
+    NPAIR = JB * RB
+    NPL = -(-NPAIR // KS)                       # (unit, row) pairs each of the KS lanes owns
     NPG = NPL * G
-    NST = S * NPL
+    NST = NPL * S
     SHUF = uses_shuffle(KS)
-    SMEMRED = KS > 1 and not SHUF
-    LOGKS = _log2(KS) if SHUF else 0
     FULL = -1                                   # 0xffffffff as an int32 lane mask
     fwd_gx, fwd_unit, _, stage = _unit(spec, dtype)
-    UFK = UF
-    dotu = _dot(G, RB, UFK, KS, lambda g, r: r * G + g, "fwd")
-    tail = _dot(G, RB, max(UFK - 1, 1), KS, lambda g, r: r * G + g, "fwd", guard=True)
+    tiled_dot, reduce_split_k, pair, lane_lengths = persist_dot(JB, G, RB, KS, dtype)
 
     def fwd_persist(T, B, H, KT, WS, VS, gx, w, bhh, lens, st, act, out):
         dyn = cuda.shared.array(0, nbt)
-        acc = cuda.local.array(NACC, nbt)      # (RB, G) accumulators (registers: constant)
-        mine = cuda.local.array(NPG, nbt)      # (NPL, G) sums of the rows this lane owns
+        acc = cuda.local.array(NACC, nbt)      # (JB, RB, G) accumulators (registers)
+        mine = cuda.local.array(NPG, nbt)      # (NPL, G) sums of the pairs this lane owns
         xr = cuda.local.array(NPG, nbt)        # (NPL, G) Gx[t] prefetched
-        bh = cuda.local.array(G, nbt)          # b_hh of this unit
+        bh = cuda.local.array(NPG, nbt)        # (NPL, G) b_hh of their units
         sreg = cuda.local.array(NST, nbt)      # (NPL, S) states
-        lnr = cuda.local.array(NPL, int64)     # row lengths (0: not a row of this lane)
-        wbase = cuda.local.array(G, uint32)    # shared-memory row bases of the G gates
-        vbase = cuda.local.array(RB, uint32)   # ... and of the RB rows of the tile
+        lnr = cuda.local.array(NPL, int64)     # row length of each owned pair (0: none)
         ks = cuda.threadIdx.x
-        jl = cuda.threadIdx.y
+        jg = cuda.threadIdx.y
         q = cuda.threadIdx.z
-        J = cuda.blockDim.y
+        JG = cuda.blockDim.y
+        J = JG * JB
         NR = cuda.blockDim.z * RB
-        lin = ks + KS * (jl + J * q)
-        nth = KS * J * cuda.blockDim.z
+        lin = ks + KS * (jg + JG * q)
+        nth = KS * JG * cuda.blockDim.z
         j0 = cuda.blockIdx.x * J
-        j = j0 + jl
-        GH = G * H
         VOFF = J * WS
         RED = VOFF + NR * VS
         mask = FULL
@@ -529,86 +650,42 @@ def fwd_persist_kernel(spec, dtype, grid, rb=1, ks=1):
         for g in range(G):                     # rows of W_hh: coalesced over i
             # dyn[u*WS + g*H + i] = w[(g*H + j0 + u)*H + i], 0 for units >= H
             stage(dyn, g * H, w, g * H * H, j0, J, H, H, 0, H, WS, lin, nth)
-        # lane ks owns rows r = ks + KS*m (m < NPL) of the group: the pointwise work and
-        # its global round trips run in parallel over the KS lanes, not serially in one
         bq = q * RB
+        j1 = j0 + jg * JB                       # the thread's first unit
+        lane_lengths(ks, j1, bq, B, H, lens, lnr)
         ss = (T + 1) * B * H
-        for g in range(G):
-            v = zero
-            if j < H:
-                v = bhh[g * H + j]
-            bh[g] = v
         for m in range(NPL):
-            r = ks + KS * m
-            ok = r < RB and bq + r < B and j < H
-            ln = 0
-            if ok:
-                ln = lens[bq + r]
-            lnr[m] = ln
+            b, j = pair(ks, m, j1, bq)
+            ok = lnr[m] > 0
+            for g in range(G):
+                v = zero
+                if ok:
+                    v = bhh[g * H + j]
+                bh[m * G + g] = v
             for s in range(S):
                 v = zero
                 if ok:
-                    v = st[s * ss + (bq + r) * H + j]
+                    v = st[s * ss + b * H + j]
                 sreg[m * S + s] = v
-        wb = jl * WS
+        wb = jg * JB * WS
         vb = VOFF + bq * VS
         for t in range(T):
             for m in range(NPL):               # prefetch: in flight during the dot products
                 if lnr[m] > 0:
-                    fwd_gx(t, B, H, bq + ks + KS * m, j, xr, m * G, gx)
-            for u in range(NACC):
-                acc[u] = zero
-            hrow = t * B * H
-            k0 = 0
-            while k0 < H:                      # tiles of KT inputs (one when KT = H)
-                stage(dyn, VOFF, st, hrow, 0, NR, B, H, k0, KT, VS, lin, nth)
-                n = H - k0
-                if n > KT:
-                    n = KT
-                w0 = wb + k0
-                # every thread runs the loop (zero weights / rows pad the edges): no
-                # divergence, and all lanes reach the shuffles below
-                # unsigned 32-bit indices: no negative-index wraparound code, 32-bit adds
-                for g in range(G):
-                    wbase[g] = uint32(w0 + g * H)
-                for r in range(RB):
-                    vbase[r] = uint32(vb + r * VS)
-                kk = ks
-                while kk + (UFK - 1) * KS < n:
-                    dotu(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
-                    kk += UFK * KS
-                if UFK > 1:                     # < UF steps left: guarded, no loop
-                    tail(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
-                k0 += KT
-            if SHUF:                            # butterfly over the KS lanes of the pair
-                for u in range(NACC):
-                    v = acc[u]
-                    for e in range(LOGKS):
-                        v += cuda.shfl_xor_sync(mask, v, KS >> (e + 1))
-                    acc[u] = v
-            elif SMEMRED:                       # tree through shared memory, [u][thread]
-                for u in range(NACC):
-                    dyn[RED + u * nth + lin] = acc[u]
-                span = KS
-                while span > 1:
-                    half = (span + 1) >> 1
-                    cuda.syncthreads()
-                    if ks < span - half:        # reads slots >= half, writes < half
-                        for u in range(NACC):
-                            acc[u] += dyn[RED + u * nth + lin + half]
-                            dyn[RED + u * nth + lin] = acc[u]
-                    span = half
-                cuda.syncthreads()              # lane 0's totals to every lane of the pair
-                for u in range(NACC):
-                    acc[u] = dyn[RED + u * nth + lin - ks]
-            for r in range(RB):                 # constant r: selects, no local memory
-                if r % KS == ks:
+                    b, j = pair(ks, m, j1, bq)
+                    fwd_gx(t, B, H, b, j, xr, m * G, gx)
+            tiled_dot(dyn, acc, st, t * B * H, H, KT, B, NR, VOFF, VS, wb, H, WS, vb,
+                      ks, lin, nth)
+            reduce_split_k(dyn, acc, RED, lin, ks, nth, mask)
+            for a in range(NPAIR):             # constant a: selects, no local memory
+                if a % KS == ks:
                     for g in range(G):
-                        mine[(r // KS) * G + g] = acc[r * G + g]
+                        mine[(a // KS) * G + g] = acc[a * G + g]
             for m in range(NPL):
                 if lnr[m] > 0:
-                    fwd_unit(t, T, B, H, bq + ks + KS * m, j, lnr[m], mine, m * G, xr, m * G,
-                             bh, sreg, m * S, act, out, st)
+                    b, j = pair(ks, m, j1, bq)
+                    fwd_unit(t, T, B, H, b, j, lnr[m], mine, m * G, xr, m * G, bh, m * G,
+                             sreg, m * S, act, out, st)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -687,8 +764,10 @@ def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
                                  gate row k at u*WS + k (from wt = W_hh^T, coalesced)
         V    [J*WS, +NR*VS)      tile of dGh_{t+1}, NR = blockDim.z*RB rows, KT per tile
         RED  [.., +JB*RB*threads) split-K partials [u][thread] when not uses_shuffle(KS)
-    The ks = 0 thread carries the S state gradients of its JB x RB (unit, row) pairs in
-    registers across steps. KS, RB, JB, G, S are compile-time constants.
+    The dot product, split-K reduction and pair ownership are fwd_persist's
+    (persist_dot(JB, 1, RB, KS)); lane ks carries the S state gradients of its pairs
+    (ks, ks+KS, ... of the thread's JB x RB) in registers across steps. KS, RB, JB, G, S
+    are compile-time constants.
     Args: (T, B, H, KT, WS, VS, trunc, tph, dgh, dgx, wt, lens, st, act, dout, dsn, ds0),
     tph = T % trunc (0 without truncation): the phase of the cut at t = T-1.
     """
@@ -703,13 +782,9 @@ def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
     NPL = -(-NACC // KS)                       # (unit, row) pairs each of the KS lanes owns
     NDREG = NPL * S
     SHUF = uses_shuffle(KS)
-    SMEMRED = KS > 1 and not SHUF
-    LOGKS = _log2(KS) if SHUF else 0
     FULL = -1
     _, _, bwd_unit, stage = _unit(spec, dtype)
-    UFK = UF
-    dotu = _dot(JB, RB, UFK, KS, lambda u, r: u * RB + r, "bwd")
-    tail = _dot(JB, RB, max(UFK - 1, 1), KS, lambda u, r: u * RB + r, "bwd", guard=True)
+    tiled_dot, reduce_split_k, pair, lane_lengths = persist_dot(JB, 1, RB, KS, dtype)
 
     def bwd_persist(T, B, H, KT, WS, VS, trunc, tph, dgh, dgx, wt, lens, st, act, dout, dsn,
                     ds0):
@@ -717,10 +792,6 @@ def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
         acc = cuda.local.array(NACC, nbt)        # (JB, RB)
         dreg = cuda.local.array(NDREG, nbt)      # (NPL, S) carried state gradients
         lnr = cuda.local.array(NPL, int64)       # row length of each owned pair (0: none)
-        bm = cuda.local.array(NPL, int64)        # its row
-        jm = cuda.local.array(NPL, int64)        # its unit
-        wbase = cuda.local.array(JB, uint32)
-        vbase = cuda.local.array(RB, uint32)
         ks = cuda.threadIdx.x
         jg = cuda.threadIdx.y
         q = cuda.threadIdx.z
@@ -740,73 +811,24 @@ def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
                 mask = (1 << left) - 1
         # columns of W_hh = rows of wt, coalesced: dyn[u*WS + k] = wt[(j0 + u)*GH + k]
         stage(dyn, 0, wt, 0, j0, J, H, GH, 0, GH, WS, lin, nth)
-        jb0 = j0 + jg * JB                       # this thread's first unit
         bq = q * RB
         BH = B * H
-        # lane ks owns the pairs a = ks + KS*m (unit jb0 + a // RB, row bq + a % RB): the
-        # pointwise backward runs in parallel over the KS lanes
+        j1 = j0 + jg * JB                        # the thread's first unit
+        lane_lengths(ks, j1, bq, B, H, lens, lnr)
         for m in range(NPL):
-            a = ks + KS * m
-            b = bq + a % RB
-            j = jb0 + a // RB
-            ok = a < NACC and b < B and j < H
-            bm[m] = b
-            jm[m] = j
-            ln = 0
-            if ok:
-                ln = lens[b]
-            lnr[m] = ln
+            b, j = pair(ks, m, j1, bq)
             for s in range(S):
                 v = zero
-                if ok:
+                if lnr[m] > 0:
                     v = dsn[s * BH + b * H + j]
                 dreg[m * S + s] = v
         wb = jg * JB * WS
         vb = VOFF + bq * VS
         for t in range(T - 1, -2, -1):
             if t + 1 < T:
-                for a in range(NACC):
-                    acc[a] = zero
-                drow = (t + 1) * B * GH
-                k0 = 0
-                while k0 < GH:
-                    stage(dyn, VOFF, dgh, drow, 0, NR, B, GH, k0, KT, VS, lin, nth)
-                    n = GH - k0
-                    if n > KT:
-                        n = KT
-                    w0 = wb + k0
-                    for u in range(JB):
-                        wbase[u] = uint32(w0 + u * WS)
-                    for r in range(RB):
-                        vbase[r] = uint32(vb + r * VS)
-                    kk = ks
-                    while kk + (UFK - 1) * KS < n:
-                        dotu(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
-                        kk += UFK * KS
-                    if UFK > 1:                     # < UF steps left: guarded, no loop
-                        tail(dyn, acc, wbase, vbase, uint32(kk), uint32(n))
-                    k0 += KT
-                if SHUF:
-                    for a in range(NACC):
-                        v = acc[a]
-                        for e in range(LOGKS):
-                            v += cuda.shfl_xor_sync(mask, v, KS >> (e + 1))
-                        acc[a] = v
-                elif SMEMRED:
-                    for a in range(NACC):
-                        dyn[RED + a * nth + lin] = acc[a]
-                    span = KS
-                    while span > 1:
-                        half = (span + 1) >> 1
-                        cuda.syncthreads()
-                        if ks < span - half:
-                            for a in range(NACC):
-                                acc[a] += dyn[RED + a * nth + lin + half]
-                                dyn[RED + a * nth + lin] = acc[a]
-                        span = half
-                    cuda.syncthreads()          # lane 0's totals to every lane
-                    for a in range(NACC):
-                        acc[a] = dyn[RED + a * nth + lin - ks]
+                tiled_dot(dyn, acc, dgh, (t + 1) * B * GH, GH, KT, B, NR, VOFF, VS, wb,
+                          H, WS, vb, ks, lin, nth)
+                reduce_split_k(dyn, acc, RED, lin, ks, nth, mask)
                 for a in range(NACC):           # constant a: selects, no local memory
                     if a % KS == ks:
                         dreg[(a // KS) * S] += acc[a]
@@ -818,8 +840,9 @@ def bwd_persist_kernel(spec, dtype, grid, rb=1, ks=1, jb=1):
                     tph = trunc - 1
             for m in range(NPL):
                 if lnr[m] > 0:
-                    bwd_unit(t, T, B, H, bm[m], jm[m], lnr[m], cut, dreg, m * S,
-                             dout, act, st, dgh, dgx, ds0)
+                    b, j = pair(ks, m, j1, bq)
+                    bwd_unit(t, T, B, H, b, j, lnr[m], cut, dreg, m * S, dout, act, st, dgh,
+                             dgx, ds0)
             if GRID:
                 cuda.cg.this_grid().sync()
             else:
@@ -884,7 +907,7 @@ def all_kernels(cells=None, dtypes=("float32", "float64")):
     """(name, kernel, kind, dtype) for every kernel version x every registered cell (or
     ``cells``) x float32/float64; kind in {'fwd_step', 'fwd_persist', 'bwd_step',
     'bwd_persist', 'gemm'} picks the signature. Names: fwd_persist_grid_lstm_float32.
-    The persistent kernels are built with REPORT_FWD (RB = persist_rb(G)) / REPORT_BWD."""
+    The persistent kernels are built with REPORT_FWD (JB = persist_jb(G)) / REPORT_BWD."""
     out = []
     for dtype in dtypes:
         for name in (list(CELLS) if cells is None else cells):
@@ -894,7 +917,7 @@ def all_kernels(cells=None, dtypes=("float32", "float64")):
             out.append((f"bwd_step_{tag}", bwd_step_kernel(spec, dtype), "bwd_step", dtype))
             for grid in (False, True):
                 g = "grid" if grid else "1block"
-                fw = dict(REPORT_FWD, rb=persist_rb(spec.n_gates))
+                fw = dict(REPORT_FWD, jb=persist_jb(spec.n_gates))
                 out.append((f"fwd_persist_{g}_{tag}",
                             fwd_persist_kernel(spec, dtype, grid, **fw), "fwd_persist",
                             dtype))

@@ -11,7 +11,8 @@ Run (own process; the simulator must be OFF, no GPU needed):
     NUMBA_ENABLE_CUDASIM=0 python -m gpurnn.cuda.ptx_report [--out report.md] [--ptx-dir DIR]
                                                             [--cells lstm,gru]
 Kernel names: fwd_step_lstm_float32, fwd_persist_grid_lstm_float32 (persistent forward
-with RB = kernels.PERSIST_RB), bwd_persist_1block_gru_float64, gemm_float32, ...
+with kernels.REPORT_FWD: RB = 4, JB = persist_jb(G)), bwd_persist_1block_gru_float64,
+gemm_float32, ...
 Exit status 0 when every float32 kernel is free of .f64, 1 otherwise; 3 when numba-cuda's
 CUDA extra (NVVM) is missing. Tested by tests/test_cuda_ptx.py.
 """
