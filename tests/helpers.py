@@ -76,8 +76,7 @@ def forward_backward(model, inputs, lengths=None, truncate=None):
     dx, dstate0 = model.backward(inputs["dout"], inputs["dstate"], truncate=truncate)
     results = {"out": out, "dx": dx}
     results.update({f"state_n[{k}]": s for k, s in enumerate(state_parts(state_n))})
-    results["dstate0"] = np.concatenate([host(s).ravel() for s in state_parts(dstate0)])   # h may
-    # be proj_size wide and c hidden_size (an LSTM with a projection): flat, then joined
+    results["dstate0"] = np.concatenate([host(s) for s in state_parts(dstate0)])
     results.update({f"grad {k}": g.copy() for k, g in model.grads.items()})   # grads accumulate in place
     return results
 

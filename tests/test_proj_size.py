@@ -14,7 +14,7 @@ import pytest
 
 import gpurnn
 from gpurnn.backend import NumpyBackend
-from helpers import assert_all_close, forward_backward, rel_err
+from helpers import assert_all_close, host, rel_err
 
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
 T, I, H, P = 7, 5, 6, 4
@@ -87,6 +87,17 @@ def _inputs(model, rng, batch, with_state):
     dout = shape(batch, T, D * P) if model.batch_first else shape(T, batch, D * P)
     states = lambda: (shape(LD, batch, P), shape(LD, batch, H))     # noqa: E731 (h: P wide)
     return dict(x=x, state=states() if with_state else None, dout=dout, dstate=states())
+
+
+def forward_backward(model, inputs, lengths=None, truncate=None):
+    """helpers.forward_backward for a projected LSTM: dh0 (P wide) and dc0 (H wide) are
+    flattened before they are joined into one "dstate0" (normwise over both)."""
+    out, (h_n, c_n) = model(inputs["x"], inputs["state"], lengths=lengths)
+    dx, (dh0, dc0) = model.backward(inputs["dout"], inputs["dstate"], truncate=truncate)
+    results = {"out": out, "dx": dx, "state_n[0]": h_n, "state_n[1]": c_n,
+               "dstate0": np.concatenate([host(dh0).ravel(), host(dc0).ravel()])}
+    results.update({f"grad {k}": g.copy() for k, g in model.grads.items()})
+    return results
 
 
 def _cases():
