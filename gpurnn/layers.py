@@ -20,6 +20,9 @@ bidirectional else 1, S = the cell's state count):
     dx       as x (floats), from backward; None with need_dx=False (the first layer's dX
              GEMM is then not run) and for token ids (they have no gradient)
 
+LSTM(proj_size=P): h is P wide (state0[0], out, state_n[0]: P per direction, dout
+likewise), c keeps H; one layer-direction runs through gpurnn.projection.
+
 ``last_plans`` of a module lists what each layer-direction ran in its last forward and
 backward (the backends' plan records: kernel, split, any fast path declined and why).
 """
