@@ -525,8 +525,9 @@ def _layer_forward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[
                    params: List[Tensor], keep_tape: bool) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """One layer, both directions. x (T, B, I) contiguous, or (T, B) integer token ids;
     state0: [] (zeros) or one (D, B, H) tensor per state; lengths: host (B,) ints or None;
-    params in _param_names order. Returns out (T, B, D*H), one (D, B, H) tensor per state,
-    and the tape (empty unless keep_tape)."""
+    params in _param_names order. Returns out (T, B, D*H), one (D, B, H) tensor per state
+    (with proj_size P: out (T, B, D*P), h (D, B, P), c (D, B, H)), and the tape (empty
+    unless keep_tape)."""
     return _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape)
 
 
