@@ -38,6 +38,25 @@ class NumpyBackend(HostBackend):
         tape.update(spec=spec, plan={"path": "numpy-reference"})
         return out, (h_n,) if c_n is None else (h_n, c_n), tape
 
+    def forward_projected(self, spec, x, w_ih, w_hh, w_hr, b_ih, b_hh, state0, lengths):
+        """An LSTM with projection (gpurnn.projection): the reference, h_t = W_hr r_t step by
+        step from the equations (the oracle the other backends' fold is tested against)."""
+        from . import reference
+        if spec.reference != "lstm":
+            raise ValueError(f"proj_size: projections are for LSTM (torch's proj_size), got "
+                             f"cell {spec.name!r}")
+        h0, c0 = state0
+        out, h_n, c_n, tape = reference.forward("lstm", x, w_ih, w_hh, b_ih, b_hh, h0, c0,
+                                                lengths, w_hr=w_hr)
+        tape.update(spec=spec, plan=dict(_PROJECTED_PLAN))
+        return out, (h_n, c_n), tape
+
+    def backward_projected(self, tape, dout, dstate_n, truncate, need_dx=True):
+        from . import reference
+        dh_n, dc_n = dstate_n
+        return reference.backward(tape, dout, dh_n, dc_n, truncate, need_dx)._replace(
+            plan=dict(_PROJECTED_PLAN))
+
     def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
         if tape["plan"]["path"] == "numpy-vectorised":
             from . import vectorised
@@ -46,6 +65,10 @@ class NumpyBackend(HostBackend):
         dh_n, dc_n = (tuple(dstate_n) + (None,))[:2]
         return reference.backward(tape, dout, dh_n, dc_n, truncate, need_dx)._replace(
             plan={"path": "numpy-reference"})
+
+
+_PROJECTED_PLAN = {"path": "numpy-reference",
+                   "projection": "per step: h_t = W_hr r_t after the cell (the reference)"}
 
 
 # name -> "module:attribute" of a zero-argument factory; filled in by the backend modules.

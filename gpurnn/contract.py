@@ -47,6 +47,17 @@ that a model never needs to know one backend's internals:
                        83 vs 46 ms at 2 threads, benchmarks/RESULTS_train.md); numpy and
                        cuda: nothing (contextlib.nullcontext).
 
+Two optional hooks, for code that runs a layer whose recurrence is a linear map of the
+cell's output (the LSTM projection, gpurnn.projection; a backend declares them with
+``fold_hooks = True``; cpu and cuda have them):
+
+    forward(..., gx0=None)          gx0 (B, G*H) is added to step 0's input-side
+                                    pre-activations (after X W_ih^T; the biases stay where
+                                    they are); its gradient is dgates[0] (all gates tied)
+    backward(..., need_dgates=False) True: DirectionGrads.dgates is the (T, B, G*H) gradient
+                                    w.r.t. the recurrent-side pre-activations (0 past a
+                                    row's length), the array the backward computed anyway
+
 A fast path that cannot run is never skipped silently: the backend records why in the
 plan (tape["plan"]["declined"]) and calls ``decline(text)``, which warns once per reason
 per process, or raises FallbackError where GPURNN_STRICT=1 (a benchmark or a check that
@@ -74,6 +85,9 @@ class DirectionGrads(NamedTuple):
     db_ih: Optional[object]    # (G*H,) or None without bias
     db_hh: Optional[object]    # (G*H,) or None without bias
     plan: Optional[dict] = None   # what the backward ran (as tape["plan"] for the forward)
+    dw_hr: Optional[object] = None    # (P, H): an LSTM projection's (gpurnn.projection)
+    dgates: Optional[object] = None   # (T, B, G*H) dL/d recurrent-side pre-activations, with
+                                      # backward(..., need_dgates=True) (the fold hooks)
 
 
 

@@ -20,6 +20,9 @@ bidirectional else 1, S = the cell's state count):
     dx       as x (floats), from backward; None with need_dx=False (the first layer's dX
              GEMM is then not run) and for token ids (they have no gradient)
 
+LSTM(proj_size=P): h is P wide (state0[0], out, state_n[0]: P per direction, dout
+likewise), c keeps H; one layer-direction runs through gpurnn.projection.
+
 ``last_plans`` of a module lists what each layer-direction ran in its last forward and
 backward (the backends' plan records: kernel, split, any fast path declined and why).
 """
@@ -29,6 +32,7 @@ import numpy as np
 
 from .arrays import to_numpy
 from .backend import get_backend
+from . import projection
 from .cells import get_cell
 from .validation import (check_array_like, check_float_array, check_input_kind, check_lengths,
                          check_positive_int, check_token_ids)
@@ -50,6 +54,8 @@ class Recurrent:
     bias_ih_l{k}, bias_hh_l{k} (G*H,), gate rows stacked in the cell's gate order, init
     U(-1/sqrt(H), 1/sqrt(H)).
     """
+
+    proj_size = 0       # LSTM(proj_size=P) sets it: h is P wide (gpurnn.projection)
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, backend="auto", dtype="float32", seed=None):
@@ -93,17 +99,26 @@ class Recurrent:
         """The backend object itself (its ``xp`` array module, ``asarray``, ...)."""
         return self._backend
 
+    @property
+    def output_size(self):
+        """Features of h (per direction): proj_size with a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
     def _param_shapes(self):
-        G, H, D = self.spec.n_gates, self.hidden_size, self.num_directions
+        """torch's names, shapes and order (with a projection: weight_hr_l{k} (P, H) after
+        each layer-direction's biases, weight_hh (G*H, P), layers above the first D*P in)."""
+        G, H, D, R = self.spec.n_gates, self.hidden_size, self.num_directions, self.output_size
         shapes = OrderedDict()
         for layer in range(self.num_layers):
             for d in range(D):
                 tag = _tag(layer, d)
-                shapes[f"weight_ih_{tag}"] = (G * H, self.input_size if layer == 0 else D * H)
-                shapes[f"weight_hh_{tag}"] = (G * H, H)
+                shapes[f"weight_ih_{tag}"] = (G * H, self.input_size if layer == 0 else D * R)
+                shapes[f"weight_hh_{tag}"] = (G * H, R)
                 if self.bias:
                     shapes[f"bias_ih_{tag}"] = (G * H,)
                     shapes[f"bias_hh_{tag}"] = (G * H,)
+                if self.proj_size:
+                    shapes[f"weight_hr_{tag}"] = (self.proj_size, H)
         return shapes
 
     def parameters(self):
@@ -149,7 +164,8 @@ class Recurrent:
         return f"{self.spec.name!r}, "
 
     def __repr__(self):
-        return (f"{type(self).__name__}({self._repr_extra()}{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        proj = f", proj_size={self.proj_size}" if self.proj_size else ""
+        return (f"{type(self).__name__}({self._repr_extra()}{self.input_size}, {self.hidden_size}{proj}, num_layers={self.num_layers}"
                 f", bias={self.bias}, batch_first={self.batch_first}, dropout={self.dropout},"
                 f" bidirectional={self.bidirectional}, backend={self.backend!r}, dtype={self.dtype.name!r})")
 
@@ -201,9 +217,13 @@ class Recurrent:
                 k = layer * D + d
                 w = _layer_weights(params, layer, d)
                 seq = layer_input if d == 0 else _reverse_within_length(xp, layer_input, lengths)
-                out, states, tape = be.forward(self.spec, seq, *w,
-                                               tuple(None if s is None else s[k] for s in state0),
-                                               lengths)
+                s0 = tuple(None if s is None else s[k] for s in state0)
+                if self.proj_size:
+                    w_hr = params[f"weight_hr_{_tag(layer, d)}"]
+                    out, states, tape = projection.forward(be, self.spec, seq, *w[:2], w_hr,
+                                                           *w[2:], s0, lengths)
+                else:
+                    out, states, tape = be.forward(self.spec, seq, *w, s0, lengths)
                 outs.append(out if d == 0 else _reverse_within_length(xp, out, lengths))
                 layer_tapes.append(tape)
                 for s, value in enumerate(states):
@@ -234,8 +254,10 @@ class Recurrent:
             raise TypeError(f"{name}: expected an array for backend {self.backend!r}, got "
                             f"{type(a).__name__} ({exc})") from None
 
-    def _state_shape(self, B):
-        return (self.num_layers * self.num_directions, B, self.hidden_size)
+    def _state_shape(self, B, k=0):
+        """Shape of state k: (L*D, B, H); h (k = 0) is proj_size wide with a projection."""
+        return (self.num_layers * self.num_directions, B,
+                self.output_size if k == 0 else self.hidden_size)
 
     def _check_state(self, what, states, B, labels=None):
         """Validate a state tuple (state0 / dstate_n): None, or S entries each None or an
@@ -257,7 +279,7 @@ class Recurrent:
                             f" {self.spec.name!r}, got {len(states)}")
         return tuple(None if s is None else
                      check_float_array(labels[k], self._as_native(labels[k], s),
-                                       self._state_shape(B), self.dtype)
+                                       self._state_shape(B, k), self.dtype)
                      for k, s in enumerate(states))
 
     # ----------------------------------------------------------------- backward
@@ -294,10 +316,10 @@ class Recurrent:
             truncate = check_positive_int("truncate", truncate)
         be, xp = self._backend, self._backend.xp
         T, B = tape["T"], tape["B"]
-        H, D, L = self.hidden_size, self.num_directions, self.num_layers
+        R, D, L = self.output_size, self.num_directions, self.num_layers
         user_dout = dout
         dout = self._as_native("dout", dout)
-        expected = (B, T, D * H) if self.batch_first else (T, B, D * H)
+        expected = (B, T, D * R) if self.batch_first else (T, B, D * R)
         check_float_array("dout", dout, expected, self.dtype)
         if self.batch_first:
             dout = xp.ascontiguousarray(dout.transpose(1, 0, 2))
@@ -318,11 +340,15 @@ class Recurrent:
             dinput = None
             for d in range(D):
                 k = layer * D + d
-                g_out = grad[:, :, d * H:(d + 1) * H]
+                g_out = grad[:, :, d * R:(d + 1) * R]
                 g_out = xp.ascontiguousarray(g_out) if d == 0 else _reverse_within_length(xp, g_out, lengths)
-                g = be.backward(tape["tapes"][layer][d], g_out,
-                                tuple(None if s is None else s[k] for s in dstate_n), truncate,
-                                need_dx=first_dx or layer > 0)
+                ds_n = tuple(None if s is None else s[k] for s in dstate_n)
+                if self.proj_size:
+                    g = projection.backward(be, tape["tapes"][layer][d], g_out, ds_n, truncate,
+                                            need_dx=first_dx or layer > 0)
+                else:
+                    g = be.backward(tape["tapes"][layer][d], g_out, ds_n, truncate,
+                                    need_dx=first_dx or layer > 0)
                 dx = g.dx if d == 0 or g.dx is None else _reverse_within_length(xp, g.dx, lengths)
                 dinput = dx if dinput is None else dinput + dx
                 for s in range(S):
@@ -334,6 +360,8 @@ class Recurrent:
                 if self.bias:
                     grads[f"bias_ih_{tag}"] = g.db_ih
                     grads[f"bias_hh_{tag}"] = g.db_hh
+                if self.proj_size:
+                    grads[f"weight_hr_{tag}"] = g.dw_hr
             grad = dinput
 
         dx = grad
@@ -443,12 +471,33 @@ class RNN(RNNBase):
 
 
 class LSTM(RNNBase):
-    """LSTM with torch's gate order i, f, g, o. State is the pair (h, c)."""
+    """LSTM with torch's gate order i, f, g, o. State is the pair (h, c).
+
+    proj_size P (0 < P < hidden_size; 0: none), as torch.nn.LSTM: h_t = W_hr (o_t tanh c_t)
+    with weight_hr_l{k}[_reverse] (P, H); weight_hh is (4H, P), h0 / out / h_n have P
+    features (2P bidirectional), c keeps H, layers above the first take D*P inputs. Runs
+    on every backend (gpurnn.projection; the plan's "projection" says how)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, backend="auto", dtype="float32", seed=None):
+                 dropout=0.0, bidirectional=False, backend="auto", dtype="float32", seed=None,
+                 proj_size=0):
+        self.proj_size = check_proj_size(proj_size, hidden_size)
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed)
+
+
+def check_proj_size(proj_size, hidden_size):
+    """proj_size as torch takes it: an int, 0 (no projection) or 0 < P < hidden_size."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, (int, np.integer)):
+        raise TypeError(f"proj_size: expected an int (0 for no projection, else "
+                        f"< hidden_size), got {type(proj_size).__name__} {proj_size!r}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size: expected 0 (no projection) or a positive int smaller "
+                         f"than hidden_size, got {proj_size}")
+    if proj_size and isinstance(hidden_size, (int, np.integer)) and proj_size >= hidden_size:
+        raise ValueError(f"proj_size: expected an int smaller than hidden_size "
+                         f"({hidden_size}), got {proj_size}")
+    return int(proj_size)
 
 
 class GRU(RNNBase):

@@ -17,12 +17,15 @@ Shapes (T steps, B batch rows, I inputs, H hidden units, G gates: 1 RNN, 4 LSTM,
     h0, c0   (B, H)|None   initial state (c0 only for LSTM); None means zeros
     lengths  (B,)|None     valid steps per row, 1..T; steps t >= lengths[b] leave the
                            state unchanged, output zeros and receive no gradient
-    out      (T, B, H)     h_t at valid steps, 0 past a row's length
+    w_hr     (P, H)|None   LSTM projection (torch's weight_hr, proj_size P < H): h_t is
+                           P wide, so h0, out and h_n are too and w_hh is (4H, P); c keeps H
+    out      (T, B, H)     h_t at valid steps, 0 past a row's length ((T, B, P) with w_hr)
     h_n, c_n (B, H)        state after each row's last valid step
 
 Equations (torch/cuDNN): a = x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh
     rnn_tanh  h = tanh(a)             rnn_relu  h = max(a, 0)
     lstm      i,f,g,o = s(a_i), s(a_f), tanh(a_g), s(a_o); c = f c_{t-1} + i g; h = o tanh(c)
+              with a projection w_hr (torch's proj_size): r = o tanh(c), h = r W_hr^T
     gru       r = s(ax_r + ah_r), z = s(ax_z + ah_z), n = tanh(ax_n + r ah_n),
               h = (1 - z) n + z h_{t-1}     (ax = x-part + b_ih, ah = h-part + b_hh)
 
@@ -48,27 +51,32 @@ def _split(a, n):
     return np.split(a, n, axis=-1)
 
 
-def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths=None):
-    """Run one layer in one direction of ``cell`` (one of CELLS).
-    Returns (out, h_n, c_n or None, tape)."""
+def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths=None,
+            w_hr=None):
+    """Run one layer in one direction of ``cell`` (one of CELLS); ``w_hr`` (P, H): the
+    LSTM's projection (h_t = (o tanh c_t) W_hr^T, P wide). Returns (out, h_n, c_n or None,
+    tape)."""
     if cell not in CELLS:
         raise ValueError(f"cell: the hand-written reference covers {CELLS}, got {cell!r}")
+    if w_hr is not None and cell != "lstm":
+        raise ValueError(f"w_hr: a projection is an LSTM's (torch's proj_size), got cell {cell!r}")
     T, B = x.shape[:2]
-    H = w_hh.shape[1]
+    H = w_hh.shape[0] // _GATES[cell]
+    R = H if w_hr is None else w_hr.shape[0]      # the width of h: P with a projection
     dtype = w_hh.dtype
     has_c = cell == "lstm"
     zero_bias = np.zeros(_GATES[cell] * H, dtype)
     b_ih = zero_bias if b_ih is None else b_ih
     b_hh = zero_bias if b_hh is None else b_hh
-    h = np.zeros((B, H), dtype) if h0 is None else np.array(h0, dtype)
+    h = np.zeros((B, R), dtype) if h0 is None else np.array(h0, dtype)
     c = None
     if has_c:
         c = np.zeros((B, H), dtype) if c0 is None else np.array(c0, dtype)
     steps = np.arange(T)[:, None]
     valid = steps < (np.full(B, T) if lengths is None else np.asarray(lengths))[None, :]
 
-    out = np.zeros((T, B, H), dtype)
-    tape = dict(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, valid=valid,
+    out = np.zeros((T, B, R), dtype)
+    tape = dict(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, valid=valid,
                 has_bias=(b_ih is not zero_bias, b_hh is not zero_bias), steps=[])
     for t in range(T):
         ax = input_projection(np, x[t], w_ih) + b_ih
@@ -85,7 +93,9 @@ def forward(cell, x, w_ih, w_hh, b_ih=None, b_hh=None, h0=None, c0=None, lengths
             i, f, g, o = _sigmoid(ai), _sigmoid(af), np.tanh(ag), _sigmoid(ao)
             c_new = f * c + i * g
             h_new = o * np.tanh(c_new)
-            step.update(i=i, f=f, g=g, o=o, c=c_new)
+            step.update(i=i, f=f, g=g, o=o, c=c_new, r=h_new)
+            if w_hr is not None:
+                h_new = h_new @ w_hr.T
         else:  # gru
             axr, axz, axn = _split(ax, 3)
             ahr, ahz, ahn = _split(ah, 3)
@@ -113,15 +123,18 @@ def backward(tape, dout, dh_n=None, dc_n=None, truncate=None, need_dx=True):
     skips dx, returned as None.
     """
     cell, x, w_ih, w_hh, valid = tape["cell"], tape["x"], tape["w_ih"], tape["w_hh"], tape["valid"]
+    w_hr = tape.get("w_hr")
     T, B = x.shape[:2]
-    H = w_hh.shape[1]
+    H = w_hh.shape[0] // _GATES[cell]
+    R = w_hh.shape[1]                              # the width of h (P with a projection)
     dtype = w_hh.dtype
     need_dx = need_dx and not is_token_ids(x)
     has_c = cell == "lstm"
-    dh = np.zeros((B, H), dtype) if dh_n is None else np.array(dh_n, dtype)
+    dh = np.zeros((B, R), dtype) if dh_n is None else np.array(dh_n, dtype)
     dc = (np.zeros((B, H), dtype) if dc_n is None else np.array(dc_n, dtype)) if has_c else None
     dx = np.zeros_like(x) if need_dx else None
     dw_ih, dw_hh = np.zeros_like(w_ih), np.zeros_like(w_hh)
+    dw_hr = None if w_hr is None else np.zeros_like(w_hr)
     db_ih = np.zeros(w_ih.shape[0], dtype)
     db_hh = np.zeros(w_hh.shape[0], dtype)
 
@@ -146,6 +159,9 @@ def backward(tape, dout, dh_n=None, dc_n=None, truncate=None, need_dx=True):
             dh_direct = 0
         elif cell == "lstm":
             i, f, g, o, c = s["i"], s["f"], s["g"], s["o"], s["c"]
+            if w_hr is not None:       # h = r W_hr^T: dW_hr from the valid rows, dL/dr
+                dw_hr += np.where(m, g_h, 0).T @ s["r"]
+                g_h = g_h @ w_hr
             tc = np.tanh(c)
             dc_t = dc + g_h * o * (1 - tc ** 2)
             dax = dah = np.concatenate([dc_t * g * i * (1 - i), dc_t * s["c_prev"] * f * (1 - f),
@@ -175,4 +191,4 @@ def backward(tape, dout, dh_n=None, dc_n=None, truncate=None, need_dx=True):
     has_b_ih, has_b_hh = tape["has_bias"]
     return DirectionGrads(dx=dx, dstate0=(dh,) if dc is None else (dh, dc), dw_ih=dw_ih, dw_hh=dw_hh,
                           db_ih=db_ih if has_b_ih else None,
-                          db_hh=db_hh if has_b_hh else None)
+                          db_hh=db_hh if has_b_hh else None, dw_hr=dw_hr)

@@ -34,7 +34,7 @@ penalties) instead differentiates a torch-ops implementation of the same recurre
   draws from torch's RNG (``torch.manual_seed`` reproduces it).
 * Errors are raised as torch raises them and as gpurnn does: ``ShapeError`` is a ValueError
   and a RuntimeError, ``DtypeError`` a TypeError, ValueError and RuntimeError. Anything
-  gpurnn cannot do (LSTM ``proj_size > 0``, half precision, a backend that does not match
+  gpurnn cannot do (half precision, a backend that does not match
   the tensors' device, ...) raises ``UnsupportedError`` (a NotImplementedError that is also
   a ValueError and a TypeError) naming what to use instead.
 
@@ -184,6 +184,7 @@ class _LayerConfig(NamedTuple):
     bias: bool
     bidirectional: bool
     backend: str         # a backend name, or a token from _backend_token for an object
+    proj_size: int = 0   # LSTM projections (torch's proj_size): h is proj_size wide
 
     @property
     def key(self):
@@ -191,8 +192,17 @@ class _LayerConfig(NamedTuple):
 
     @classmethod
     def from_key(cls, key):
-        cell, i, h, bias, bidir, backend = key.split("|")
-        return cls(cell, int(i), int(h), bias == "1", bidir == "1", backend)
+        cell, i, h, bias, bidir, backend, proj = key.split("|")
+        return cls(cell, int(i), int(h), bias == "1", bidir == "1", backend, int(proj))
+
+    @property
+    def out_size(self):
+        """Features of h per direction: proj_size with a projection, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def state_size(self, k):
+        """Features of state k (h is out_size wide, the LSTM's c hidden_size)."""
+        return self.out_size if k == 0 else self.hidden_size
 
     @property
     def spec(self):
@@ -239,11 +249,16 @@ class _LayerRunner:
     def __init__(self, config, backend, dtype):
         kwargs = dict(num_layers=1, bias=config.bias, batch_first=False, dropout=0.0,
                       bidirectional=config.bidirectional, backend=backend, dtype=dtype, seed=0)
-        self.module = _layers.Recurrent(config.spec, config.input_size, config.hidden_size,
-                                        **kwargs)       # tuple states, one array per state
+        if config.proj_size:     # states as the pair (h, c): the same tuples as Recurrent's
+            self.module = _layers.LSTM(config.input_size, config.hidden_size,
+                                       proj_size=config.proj_size, **kwargs)
+        else:
+            self.module = _layers.Recurrent(config.spec, config.input_size, config.hidden_size,
+                                            **kwargs)   # tuple states, one array per state
         self.backend = backend
         self.config = config
-        self.names = _param_names(0, config.bidirectional, config.bias)   # gpurnn's are torch's
+        self.names = _param_names(0, config.bidirectional, config.bias,
+                                  config.proj_size > 0)   # gpurnn's are torch's
         self.tape_layouts = {}
         self.lock = threading.Lock()
 
@@ -262,9 +277,11 @@ class _LayerRunner:
         return dx, tuple(dstate0), [grads[n] for n in self.names]
 
 
-def _param_names(layer, bidirectional, bias):
-    """torch's names of one layer's parameters, in the order the layer ops take them."""
-    kinds = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
+def _param_names(layer, bidirectional, bias, proj=False):
+    """torch's names of one layer's parameters, in the order the layer ops take them (and
+    torch's: weight_hr after the biases with a projection)."""
+    kinds = (("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if bias else ())
+             + (("weight_hr",) if proj else ()))
     return [f"{k}_l{layer}{s}" for s in (("", "_reverse") if bidirectional else ("",)) for k in kinds]
 
 
@@ -441,10 +458,10 @@ def _backward_body(key, x, state0, lengths, params, dout, dstate_n, kernel, need
     T, B = x.shape[:2]
     w = params[0]                   # x may be token ids: the float dtype is the weights'
     if dout is None:
-        dout = w.new_zeros((T, B, config.num_directions * config.hidden_size))
+        dout = w.new_zeros((T, B, config.num_directions * config.out_size))
     if any(d is not None for d in dstate_n):
-        dstate_n = [w.new_zeros((config.num_directions, B, config.hidden_size)) if d is None
-                    else d.contiguous() for d in dstate_n]
+        dstate_n = [w.new_zeros((config.num_directions, B, config.state_size(k))) if d is None
+                    else d.contiguous() for k, d in enumerate(dstate_n)]
     else:
         dstate_n = []
     if torch.is_grad_enabled():
@@ -508,8 +525,9 @@ def _layer_forward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[
                    params: List[Tensor], keep_tape: bool) -> Tuple[Tensor, List[Tensor], List[Tensor]]:
     """One layer, both directions. x (T, B, I) contiguous, or (T, B) integer token ids;
     state0: [] (zeros) or one (D, B, H) tensor per state; lengths: host (B,) ints or None;
-    params in _param_names order. Returns out (T, B, D*H), one (D, B, H) tensor per state,
-    and the tape (empty unless keep_tape)."""
+    params in _param_names order. Returns out (T, B, D*H), one (D, B, H) tensor per state
+    (with proj_size P: out (T, B, D*P), h (D, B, P), c (D, B, H)), and the tape (empty
+    unless keep_tape)."""
     return _forward_with_tape_tensors(key, x, state0, lengths, params, keep_tape)
 
 
@@ -517,10 +535,10 @@ def _layer_forward(key: str, x: Tensor, state0: List[Tensor], lengths: Optional[
 def _layer_forward_fake(key, x, state0, lengths, params, keep_tape):
     config = _LayerConfig.from_key(key)
     T, B = x.shape[:2]
-    D, H = config.num_directions, config.hidden_size
+    D = config.num_directions
     w = params[0]                   # the float dtype (x may be token ids)
-    out = w.new_empty((T, B, D * H))
-    state_n = [w.new_empty((D, B, H)) for _ in range(config.n_states)]
+    out = w.new_empty((T, B, D * config.out_size))
+    state_n = [w.new_empty((D, B, config.state_size(k))) for k in range(config.n_states)]
     tape = []
     if keep_tape:
         tape = [torch.empty(shape, dtype=dtype, device=device)
@@ -631,22 +649,27 @@ def _input_projection(x, w_ih, b_ih):
 
 
 def _torch_layer(config, x, state0, lengths, params):
-    """One layer, both directions, in torch ops: (out (T, B, D*H), [state (D, B, H)...])."""
+    """One layer, both directions, in torch ops: (out (T, B, D*R), [state (D, B, .)...]);
+    R = proj_size with a projection (h = W_hr r after the cell), else H."""
     step, H = torch_step(config.spec), config.hidden_size
     T, B = x.shape[:2]
     valid = None if lengths is None else (torch.arange(T)[:, None] < lengths[None, :]).to(x.device)
-    per_direction = 4 if config.bias else 2
+    proj = config.proj_size > 0
+    per_direction = (4 if config.bias else 2) + proj
     outs, finals = [], []
     for d in range(config.num_directions):
-        w_ih, w_hh, *b = params[d * per_direction:(d + 1) * per_direction]
-        b_ih, b_hh = b if config.bias else (None, None)
+        w_ih, w_hh, *rest = params[d * per_direction:(d + 1) * per_direction]
+        w_hr = rest.pop() if proj else None
+        b_ih, b_hh = rest if config.bias else (None, None)
         seq = x if d == 0 else _reverse_within_length(x, lengths)
         state = (tuple(s[d] for s in state0) if state0
-                 else tuple(w_ih.new_zeros(B, H) for _ in range(config.n_states)))
+                 else tuple(w_ih.new_zeros(B, config.state_size(k)) for k in range(config.n_states)))
         xg_all = _input_projection(seq, w_ih, b_ih).split(H, -1)
         ys = []
         for t in range(T):
             new = step([g[t] for g in xg_all], F.linear(state[0], w_hh, b_hh).split(H, -1), state)
+            if proj:
+                new = (F.linear(new[0], w_hr), *new[1:])
             if valid is not None:      # past a row's length: keep the state, output zero
                 m = valid[t, :, None]
                 new = tuple(torch.where(m, n, s) for n, s in zip(new, state))
@@ -757,14 +780,18 @@ class _Stack:
         super().__setstate__(state)
         super().__setattr__("_backend_key", _backend_token(self.backend))
 
+    def _proj(self):
+        return getattr(self, "proj_size", 0) or 0
+
     def _layer_key(self, layer):
         D = 2 if self.bidirectional else 1
-        in_size = self.input_size if layer == 0 else D * self.hidden_size
+        in_size = self.input_size if layer == 0 else D * (self._proj() or self.hidden_size)
         return _LayerConfig(_cell_token(self._cell), in_size, self.hidden_size, self.bias,
-                            self.bidirectional, self._backend_key).key
+                            self.bidirectional, self._backend_key, self._proj()).key
 
     def _layer_params(self, layer):
-        return [getattr(self, n) for n in _param_names(layer, self.bidirectional, self.bias)]
+        return [getattr(self, n) for n in _param_names(layer, self.bidirectional, self.bias,
+                                                       self._proj() > 0)]
 
     def _first_weight(self):
         return getattr(self, _param_names(0, self.bidirectional, self.bias)[0])
@@ -853,19 +880,21 @@ class _Stack:
     def _check_states(self, states, names, B, batched, dtype, device):
         """The initial states as a list of (L*D, B, H) tensors, one per state, or [] for
         zeros; a None entry starts at zero."""
-        L, D, H = self.num_layers, (2 if self.bidirectional else 1), self.hidden_size
+        L, D = self.num_layers, (2 if self.bidirectional else 1)
         if states is None or all(s is None for s in states):
             return []
         states = list(states)
-        expected = (L * D, B, H) if batched else (L * D, H)
         for i, (s, n) in enumerate(zip(states, names)):
+            H = (self._proj() or self.hidden_size) if i == 0 else self.hidden_size
+            size = "proj_size" if i == 0 and self._proj() else "hidden_size"
+            expected = (L * D, B, H) if batched else (L * D, H)
             if s is None:
                 s = torch.zeros(expected, dtype=dtype, device=device)
             if not isinstance(s, torch.Tensor):
                 raise TypeError(f"{n}: expected a torch.Tensor, got {type(s).__name__}")
             if tuple(s.shape) != expected:
                 raise ShapeError(f"{n}: expected shape {expected} (num_layers*num_directions, "
-                                 f"{'batch, ' if batched else ''}hidden_size), got {tuple(s.shape)}")
+                                 f"{'batch, ' if batched else ''}{size}), got {tuple(s.shape)}")
             if s.dtype != dtype:
                 raise DtypeError(f"{n}: expected dtype {dtype} (the weights' dtype), got {s.dtype}")
             if s.device != device:
@@ -883,10 +912,6 @@ class _GpurnnRNNBase(_Stack, torch.nn.RNNBase):
 
     def __init__(self, mode, *args, backend="auto", **kwargs):
         super().__init__(mode, *args, **kwargs)      # torch's own argument checks and messages
-        if self.proj_size:
-            raise UnsupportedError(
-                f"gpurnn.torch.LSTM: proj_size={self.proj_size} (LSTM with projections) is not"
-                " supported by gpurnn yet; use torch.nn.LSTM for projections, or proj_size=0")
         dtype = getattr(self, self._flat_weights_names[0]).dtype
         if dtype not in _TORCH_TO_NUMPY_DTYPE:
             raise UnsupportedError(
@@ -1020,7 +1045,9 @@ class RNN(_GpurnnRNNBase):
 
 
 class LSTM(_GpurnnRNNBase):
-    """LSTM (gates i, f, g, o) as torch.nn.LSTM, computed by gpurnn; proj_size must be 0.
+    """LSTM (gates i, f, g, o) as torch.nn.LSTM, computed by gpurnn; with proj_size P > 0
+    (torch's projections: h = W_hr (o tanh c), weight_hr_l{k} (P, H)) too, on every
+    backend (gpurnn.projection).
 
     LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
          bidirectional=False, proj_size=0, device=None, dtype=None, *, backend='auto')"""

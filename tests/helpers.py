@@ -17,10 +17,9 @@ def is_lstm(model):
 
 def random_state(model, rng, batch, dtype=None):
     dtype = dtype or model.dtype
-    shape = (model.num_layers * model.num_directions, batch, model.hidden_size)
-    h0 = rng.standard_normal(shape).astype(dtype)
-    if is_lstm(model):
-        return h0, rng.standard_normal(shape).astype(dtype)
+    h0 = rng.standard_normal(model._state_shape(batch, 0)).astype(dtype)   # h: proj_size wide
+    if is_lstm(model):                                                   # with a projection
+        return h0, rng.standard_normal(model._state_shape(batch, 1)).astype(dtype)
     return h0
 
 

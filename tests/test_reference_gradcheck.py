@@ -18,11 +18,11 @@ TOL = 1e-6
 
 
 def _probe(model, rng, T, B):
-    out_shape = (B, T, model.num_directions * model.hidden_size) if model.batch_first else \
-        (T, B, model.num_directions * model.hidden_size)
-    state_shape = (model.num_layers * model.num_directions, B, model.hidden_size)
+    F = model.num_directions * model.output_size          # proj_size wide with a projection
+    out_shape = (B, T, F) if model.batch_first else (T, B, F)
     g_out = rng.standard_normal(out_shape)
-    g_state = tuple(rng.standard_normal(state_shape) for _ in range(2 if is_lstm(model) else 1))
+    g_state = tuple(rng.standard_normal(model._state_shape(B, k))
+                    for k in range(2 if is_lstm(model) else 1))
     return g_out, g_state
 
 
@@ -98,6 +98,45 @@ def test_truncated_gradient_is_the_frozen_window_gradient(cell, k, rng):
     model(x)
     model.zero_grad()
     dx, _ = model.backward(g_out, g_state if is_lstm(model) else g_state[0], truncate=k)
+    for name, p in model.parameters().items():
+        assert rel_err(model.grads[name], numeric_grad(f, p)) <= TOL, name
+    assert rel_err(dx, numeric_grad(f, x)) <= TOL, "dx"
+
+
+# ----------------------------------------------------------------------------- LSTM proj_size
+# torch's projections (h_t = W_hr (o_t tanh c_t), gpurnn.reference): every parameter
+# (weight_hr included), x, h0 (P wide) and c0 (H wide), odd shapes.
+@pytest.mark.parametrize("options, lengths", [
+    (dict(), None),
+    (dict(num_layers=2, bidirectional=True), None),
+    (dict(num_layers=2, bidirectional=True, batch_first=True), np.array([5, 2, 4])),
+    (dict(bias=False, num_layers=2, dropout=0.3), np.array([3, 5, 1])),
+], ids=["plain", "2layer-bidir", "2layer-bidir-batchfirst-lengths", "nobias-dropout-lengths"])
+def test_projected_lstm_gradients_match_finite_differences(options, lengths, rng):
+    T, B, I, H, P = 5, 3, 3, 5, 2
+    model = make_model("lstm", I, H, backend="numpy", dtype="float64", seed=6, proj_size=P,
+                       **options)
+    assert any(name.startswith("weight_hr") for name in model.parameters())
+    x = rng.standard_normal((B, T, I) if model.batch_first else (T, B, I))
+    state = random_state(model, rng, B)
+    assert state[0].shape[-1] == P and state[1].shape[-1] == H
+    _check_all_gradients(model, x, state, lengths, rng)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_projected_truncated_gradient_is_the_frozen_window_gradient(k, rng):
+    """With a projection the carried state is (h, c), h = W_hr r: frozen at each window's
+    start, so W_hr gets no gradient through it there (what gpurnn.projection's cut
+    correction reproduces on the fused backends)."""
+    T, B, I, H, P = 7, 2, 3, 5, 3
+    model = make_model("lstm", I, H, backend="numpy", dtype="float64", seed=8, num_layers=2,
+                       proj_size=P)     # unidirectional: windows of a reverse pass differ
+    x = rng.standard_normal((T, B, I))
+    g_out, g_state = _probe(model, rng, T, B)
+    f = _frozen_window_surrogate(model, x, k, g_out, g_state)
+    model(x)
+    model.zero_grad()
+    dx, _ = model.backward(g_out, g_state, truncate=k)
     for name, p in model.parameters().items():
         assert rel_err(model.grads[name], numeric_grad(f, p)) <= TOL, name
     assert rel_err(dx, numeric_grad(f, x)) <= TOL, "dx"

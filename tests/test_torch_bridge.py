@@ -456,11 +456,14 @@ def test_training_script_swap_gives_same_gradients(dtype, backend):
 
 
 # ----------------------------------------------------------------------------- errors
-def test_lstm_proj_size_is_unsupported():
-    with pytest.raises(gt.UnsupportedError, match="proj_size.*torch.nn.LSTM"):
-        gt.LSTM(3, 4, proj_size=2)
-    with pytest.raises(NotImplementedError):
-        gt.LSTM(3, 4, proj_size=2)
+def test_lstm_proj_size_is_supported_with_torchs_parameters():
+    """proj_size > 0 runs (tests/test_proj_size.py checks the numbers); bad values raise
+    what torch raises (TORCH_ERROR_CASES below)."""
+    ours, ref = gt.LSTM(3, 4, proj_size=2, backend="numpy"), torch.nn.LSTM(3, 4, proj_size=2)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == \
+        [(n, p.shape) for n, p in ref.named_parameters()]
+    out, (h, c) = ours(torch.randn(5, 2, 3))
+    assert out.shape == (5, 2, 2) and h.shape == (1, 2, 2) and c.shape == (1, 2, 4)
 
 
 def _raised(fn):
@@ -479,6 +482,8 @@ TORCH_ERROR_CASES = {
     "h0_shape": (lambda nn: lambda: nn.GRU(3, 4, 2)(torch.randn(T, B, 3), torch.zeros(1, B, 4)), ValueError),
     "c0_shape": (lambda nn: lambda: nn.LSTM(3, 4)(torch.randn(T, B, 3), (torch.zeros(1, B, 4),
                                                                          torch.zeros(1, B, 5))), ValueError),
+    "h0_shape_proj": (lambda nn: lambda: nn.LSTM(3, 4, proj_size=2)(
+        torch.randn(T, B, 3), (torch.zeros(1, B, 4), torch.zeros(1, B, 4))), ValueError),
     "h0_dtype": (lambda nn: lambda: nn.GRU(3, 4)(torch.randn(T, B, 3),
                                                 torch.zeros(1, B, 4, dtype=torch.float64)), TypeError),
     "hx_rank_unbatched": (lambda nn: lambda: nn.GRU(3, 4)(torch.randn(T, 3), torch.zeros(1, 1, 4)), ValueError),
@@ -487,6 +492,8 @@ TORCH_ERROR_CASES = {
     "rnn_proj_size": (lambda nn: lambda: nn.RNN(3, 4, proj_size=1), None),
     "gru_proj_size": (lambda nn: lambda: nn.GRU(3, 4, proj_size=1), None),
     "lstm_proj_size_too_big": (lambda nn: lambda: nn.LSTM(3, 4, proj_size=4), None),
+    "lstm_proj_size_bigger": (lambda nn: lambda: nn.LSTM(3, 4, proj_size=5), None),
+    "lstm_proj_size_negative": (lambda nn: lambda: nn.LSTM(3, 4, proj_size=-1), None),
     "nonlinearity": (lambda nn: lambda: nn.RNN(3, 4, nonlinearity="sigmoid"), None),
     "dropout_range": (lambda nn: lambda: nn.LSTM(3, 4, dropout=1.5), None),
     "hidden_size_zero": (lambda nn: lambda: nn.GRU(3, 0), None),

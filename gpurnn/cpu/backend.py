@@ -60,6 +60,7 @@ class CpuBackend(HostBackend):
     """
     name = "cpu"
     dtypes = ("float32", "float64")
+    fold_hooks = True          # forward(gx0=), backward(need_dgates=): gpurnn.contract
 
     def __init__(self, poison=False, threads=None, split=None, transposed_forward=True,
                  gemm="auto"):
@@ -163,7 +164,7 @@ class CpuBackend(HostBackend):
         return buf
 
     # ------------------------------------------------------------------ forward
-    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
+    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths, gx0=None):
         from .kernels import Plan, recurrence_kernels, transpose
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
         T, B = x.shape[:2]
@@ -191,9 +192,15 @@ class CpuBackend(HostBackend):
             transpose(w_hh, w_hh_t)
         forward_part, _ = recurrence_kernels(spec, dtype.name)
         project = self._input_projection(x, w_ih, gx.reshape(T * B, GH), plan)
+        if gx0 is not None:                        # the contract's hook: gx[0] += gx0
+            gx0 = np.ascontiguousarray(gx0, dtype).reshape(B, GH)
 
         def part(p):
             project(p)                                         # gx = X W_ih^T, by rows
+            if gx0 is not None:                                # this part's rows of step 0
+                r0, r1 = T * B * p // plan.nparts, min(T * B * (p + 1) // plan.nparts, B)
+                if r0 < r1:
+                    gx[0, r0:r1] += gx0[r0:r1]
             plan.meet(p)
             forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out,
                          self.transposed_forward)
@@ -207,7 +214,7 @@ class CpuBackend(HostBackend):
         return out, tuple(st[s, T].copy() for s in range(S)), tape
 
     # ------------------------------------------------------------------ backward
-    def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
+    def backward(self, tape, dout, dstate_n, truncate, need_dx=True, need_dgates=False):
         from .kernels import recurrence_kernels
         spec, x, w_ih, w_hh, st = (tape[k] for k in ("spec", "x", "w_ih", "w_hh", "st"))
         T, B = x.shape[:2]
@@ -248,7 +255,8 @@ class CpuBackend(HostBackend):
             db_hh = db_ih.copy() if dgh is dgx and db_ih is not None else dgh2.sum(0)
         return DirectionGrads(dx=dx, dstate0=tuple(ds), dw_ih=dw_ih, dw_hh=dw_hh,
                               db_ih=db_ih, db_hh=db_hh,
-                              plan={**tape["plan"], "split": plan.describe()})
+                              plan={**tape["plan"], "split": plan.describe()},
+                              dgates=dgh if need_dgates else None)
 
     # ------------------------------------------------------------------ input side
     # part(p) functions for the GEMMs with X, split as the plan's parts are.

@@ -150,6 +150,7 @@ class CudaBackend:
     """
     name = "cuda"
     dtypes = ("float32", "float64")
+    fold_hooks = True          # forward(gx0=), backward(need_dgates=): gpurnn.contract
 
     def __init__(self, algo="auto", units_per_block=None, grid_sync=None, split_k=None,
                  rows_per_thread=None, units_per_thread=None, poison=False):
@@ -313,6 +314,16 @@ class CudaBackend:
         if self._cp is not None:
             return d[start:start + n].reshape(shape).copy()
         return self._to_host(d[start:start + n]).reshape(shape)
+
+    def _add_head(self, d, a, n, dtype):
+        """d[:n] += a (flattened) on the flat device buffer d: in place with CuPy, else
+        through one host copy of those n elements (the simulator, a GPU without CuPy)."""
+        if self._cp is not None:
+            d[:n] += self._cp.asarray(a, dtype).ravel()
+            return
+        head = self._to_host(d[:n])
+        head += np.asarray(self._to_host(a) if _is_device_array(a) else a, dtype).ravel()
+        d[:n].copy_to_device(head, stream=self.stream)
 
     def _zeros(self, n, dtype):
         return self._from_host(np.zeros(max(int(n), 1), dtype))
@@ -587,7 +598,7 @@ class CudaBackend:
                 f"running the step kernel instead ({msg})", stacklevel=5)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths):
+    def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths, gx0=None):
         spec = get_cell(spec)
         T, B = (int(s) for s in x.shape[:2])
         I, H = int(w_ih.shape[1]), int(w_hh.shape[1])
@@ -613,6 +624,8 @@ class CudaBackend:
             gx = self._dev(g if b_ih is None else g + b_ih, dtype)
         else:
             gx = self._mm(dtype, xd, (T * B, I), False, wih, (GH, I), True, bih)
+        if gx0 is not None:                    # the contract's hook: gx[0] += gx0
+            self._add_head(gx, gx0, B * GH, dtype)
         st = self._states(state0, S, B, H, dtype, T)
         act = self._empty(T * B * V * H, dtype) if V else self._zeros(1, dtype)
         out = self._empty(T * B * H, dtype)
@@ -647,7 +660,7 @@ class CudaBackend:
         return out_x, state_n, tape
 
     # ------------------------------------------------------------------ backward
-    def backward(self, tape, dout, dstate_n, truncate, need_dx=True):
+    def backward(self, tape, dout, dstate_n, truncate, need_dx=True, need_dgates=False):
         spec, T, B, I, H, dtype = (tape[k] for k in ("spec", "T", "B", "I", "H", "dtype"))
         tokens = is_token_ids(tape["x"])
         need_dx = need_dx and not tokens                   # ids have no gradient
@@ -707,4 +720,4 @@ class CudaBackend:
             dw_ih=dw_ih, dw_hh=o(dw_hh, 0, (GH, H)),
             db_ih=o(db_ih, 0, (GH,)) if db_ih is not None else None,
             db_hh=o(db_hh, 0, (GH,)) if db_hh is not None else None,
-            plan=plan)
+            plan=plan, dgates=o(dgh, 0, (T, B, GH)) if need_dgates else None)
