@@ -15,9 +15,9 @@ float64 NumPy reference (timing.validate): a wrong result stops the run with no 
 JIT compilation is kept out by an untimed warm-up.
 
 --mode interleaved (the default, the headline): in one process, for each config, three
-versions take turns call by call with no settle time between them, the order rotated every
-repeat (native, bridge, torch / bridge, torch, native / torch, native, bridge) so none always
-follows the same one:
+versions take turns call by call with no settle time between them, each repeat in another of
+the six orders (timing.interleaved_orders) so each follows each other one equally often (a
+plain rotation kept native right after torch, whose OpenMP workers still spin then):
   native  gpurnn.LSTM/GRU/RNN(I, H, backend="cpu", dtype="float32"): m(x), m.backward(dout)
   bridge  gpurnn.torch.LSTM/GRU/RNN(I, H, backend="cpu"): out = m(x), out.backward(dout)
   torch   torch.nn.LSTM/GRU/RNN: out = m(x), out.backward(dout)
@@ -362,7 +362,7 @@ def markdown_table(rows):
 LOAD_NOTE = {"quiet": "no load added by the benchmark",
              "busy": "a separate process spinning one core (`python -c 'while True: pass'`) throughout"}
 MODE_NOTE = {"interleaved": "versions take turns call by call in one process, no settle time, "
-                            "order rotated every repeat",
+                            "every order in turn (each version after each other equally often)",
              "settled": f"every backend runs untimed for >= {SETTLE_S} s before each timed call"}
 
 

@@ -79,8 +79,8 @@ def main(argv=None):
     print(f"fused vs plain: worst normwise relative difference {worst:.2g}")
 
     print(f"window {k}, batch {B}, hidden {H}, vocabulary {V}: median of {args.repeats} calls "
-          f"after {args.warmup} warm-up rounds, ms (plain and fused calls take turns, order "
-          f"rotated, so that drifting load hits both)")
+          f"after {args.warmup} warm-up rounds, ms (plain and fused calls take turns in "
+          f"every order, so that drifting load hits both)")
     def with_head_path(fused, call):            # the head reads its path at call time
         def run():
             lm.head.fused = fused

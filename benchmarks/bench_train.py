@@ -4,7 +4,9 @@ One training step = forward over a window of k characters for B streams, softmax
 cross-entropy, BPTT, gradient clipping, Adam — exactly what `gpurnn train` does per step,
 with the same sizes (defaults are the CLI's) and the same one-hot inputs on both sides.
 Steps are timed after warm-up (JIT compilation excluded), the versions taking turns step by
-step in one process (benchmarks are on shared, noisy machines); chars/s = B*k / median step
+step in one process (benchmarks are on shared, noisy machines), or with --block N in turns
+of one untimed and N timed steps (what a run of one model alone meets: right after a torch
+step its OpenMP workers still spin for a few ms, on the cores the next step needs); chars/s = B*k / median step
 time; each row also gives GFLOP/s and the fraction of the CPU's fp32 peak (machine.py).
 Before any timing, every version's first window (loss and every gradient, from the same
 weights) is checked against the float64 NumPy reference: a wrong one stops the run, no time.
@@ -137,6 +139,10 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=20, help="timed steps per model")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (JIT compile)")
+    p.add_argument("--block", type=int, default=1,
+                   help="steps per turn (default 1: step by step); > 1: each turn one untimed "
+                        "step, then BLOCK timed ones, as a run of only that model meets it "
+                        "(no other version's threads still spinning); --steps turns")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS_train.md"))
     args = p.parse_args(argv)
 
@@ -166,8 +172,8 @@ def main(argv=None):
         steps[torch_label] = step
     except ImportError:
         print("torch not installed: no PyTorch row", flush=True)
-    # the versions take turns step by step (order rotated), in this one process
-    rows = list(interleaved_times(steps, args.steps, args.warmup).items())
+    # the versions take turns step by step (every order in turn), in this one process
+    rows = list(interleaved_times(steps, args.steps, args.warmup, args.block).items())
     for label, times in rows:
         print(f"{label}: {chars / statistics.median(times):,.0f} chars/s", flush=True)
     torch_median = statistics.median(dict(rows)[torch_label]) if torch_label else None
@@ -177,8 +183,11 @@ def main(argv=None):
         "",
         f"Model: {args.cell}, {args.layers}x{args.hidden} hidden, vocabulary {len(trainer.vocab)} (one-hot inputs), "
         f"window k={args.window}, batch B={args.batch} ({chars} chars/step); Adam, clip 5; "
-        f"median of {args.steps} steps after {args.warmup} warm-up rounds, the versions taking "
-        f"turns step by step in one process (order rotated). Text: {source}.",
+        + (f"median of {args.steps} steps after {args.warmup} warm-up rounds, the versions taking "
+           f"turns step by step in one process (every order in turn)" if args.block == 1 else
+           f"median of {args.steps} turns x {args.block} steps after {args.warmup} warm-up rounds, "
+           f"the versions taking turns in blocks of one untimed and {args.block} timed steps in "
+           f"one process (every order in turn)") + f". Text: {source}.",
         "",
         f"{flops / 1e9:.2f} GFLOP per step as the one-hot model computes it (recurrent layers "
         f"with dX, output layer; pointwise and Adam not counted): PyTorch does all of it; "

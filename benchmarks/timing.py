@@ -1,6 +1,8 @@
 """Wall-clock timing shared by the CPU-side benchmarks (the GPU one times with CUDA events),
 and the check every benchmarked version passes before it is timed (as llm.c's dev/cuda
 does): a version whose result is wrong gets no time."""
+import itertools
+import random
 import time
 
 import numpy as np
@@ -26,19 +28,34 @@ def time_calls(fn, repeats, warmup=2):
     return times
 
 
-def interleaved_times(runners, repeats, warmup=2):
+def interleaved_orders(names, repeats):
+    """The order of each repeat: every permutation of ``names`` in turn (a fixed shuffle
+    of them), so each version follows each other one equally often. A rotation would not
+    do: rotating (a, b, c) keeps c's successor a in every repeat, and what runs right after
+    torch meets its still-spinning OpenMP workers (B=32 LSTM native 26.9 ms after torch vs
+    the bridge's 22.1 ms, RESULTS_cpu.md Tuning log 22)."""
+    perms = list(itertools.permutations(names))
+    random.Random(0).shuffle(perms)
+    return [list(perms[r % len(perms)]) for r in range(repeats)]
+
+
+def interleaved_times(runners, repeats, warmup=2, block=1):
     """Seconds of each call of each ``runners`` entry (name -> fn()), call by call with no
     settle time: each version meets the state (caches, spinning or parked worker threads)
-    the previous one left, as in a user's loop; the order rotates every repeat so no
-    version always follows the same one. ``warmup`` untimed rounds first (JIT compile)."""
+    the previous one left, as in a user's loop; the orders (interleaved_orders) let each
+    version follow each other one equally often. ``warmup`` untimed rounds first (JIT
+    compile). ``block`` > 1: each turn is one untimed call and then ``block`` timed ones
+    (``repeats`` x ``block`` times per version), as a program that runs only one of them
+    meets it, with the versions still taking turns against drifting load."""
     names = list(runners)
     for name in names * warmup:
         runners[name]()
     times = {name: [] for name in names}
-    for r in range(repeats):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            times[name].append(time_calls(runners[name], 1, warmup=0)[0])
+    for order in interleaved_orders(names, repeats):
+        for name in order:
+            if block > 1:
+                runners[name]()
+            times[name].extend(time_calls(runners[name], block, warmup=0))
     return times
 
 

@@ -77,6 +77,41 @@ def test_per_step_products_by_each_library(cell, gemm, rng):
     assert plan.get("loop", "njit") == "njit"
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("batch", [11, 40])
+def test_products_in_small_kernel_blocks(cell, batch, rng, monkeypatch):
+    """The "rows" products in column blocks (OpenBLAS's small-matrix kernels, chosen where
+    its AVX-512 cores run: forced here) give the reference's results, with the blocks in
+    the plan; batch 40 at 2 threads makes 20-row parts (a smaller block, or none)."""
+    from gpurnn.cpu import openblas
+    monkeypatch.setattr(openblas, "small_kernels", lambda: True)
+    hidden = 256                   # blocks narrower than G*H, the last one ragged
+    cls, extra = CELLS[cell]
+    ref = cls(I, hidden, **extra, backend="numpy", dtype="float32", seed=5)
+    from gpurnn.cpu.kernels import SplitRules
+    cpu = cls(I, hidden, **extra, dtype="float32", seed=5,
+              backend=CpuBackend(poison=True, gemm="openblas", threads=2,
+                                 split=SplitRules(split_macs=0)))
+    cpu.load_state_dict(ref.state_dict())
+    lengths = rng.integers(1, T + 1, batch)
+    states = lambda: tuple(rng.standard_normal((1, batch, hidden)).astype(np.float32)  # noqa: E731
+                           for _ in range(ref.spec.n_states))
+    state, dstate = states(), states()
+    inputs = dict(x=rng.standard_normal((T, batch, I)).astype(np.float32),
+                  state=state if len(state) == 2 else state[0],
+                  dout=rng.standard_normal((T, batch, hidden)).astype(np.float32),
+                  dstate=dstate if len(dstate) == 2 else dstate[0])
+    results = [forward_backward(model, inputs, lengths, truncate=3) for model in (cpu, ref)]
+    assert_all_close(*results, "float32", TOLERANCE["float32"])
+    plan = cpu.last_plans["forward"][0][0]
+    assert plan["split"][:2] == ("rows", 2)
+    rows = batch // 2                           # part 0's (kernels.Plan.rows)
+    G = cpu.spec.n_gates
+    expected = {"forward": openblas.small_block(rows, hidden),
+                "backward": openblas.small_block(rows, G * hidden)}
+    assert 0 < expected["forward"] < G * hidden and plan["blocks"] == expected
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_openblas_loop_in_python_where_njit_cannot_call_it(cell, rng, monkeypatch):
     """Where NumPy's OpenBLAS cannot be called from njit, the "rows" loop runs in Python

@@ -145,6 +145,10 @@ class CpuBackend(HostBackend):
         record = {"split": plan.describe(), "products": plan.products}
         if plan.kind == "rows" and plan.products == "openblas":
             record["loop"] = plan.loop
+            rows = plan.rows(0)[1] - plan.rows(0)[0]     # part 0's; the others' differ by <= 1
+            blocks = (plan.small_block(rows, plan.H), plan.small_block(rows, plan.GH))
+            if any(blocks):
+                record["blocks"] = {"forward": blocks[0], "backward": blocks[1]}
             if slow_loop is not None:
                 record["declined"] = "openblas from njit: " + slow_loop
                 decline(f"gpurnn cpu: the per-step OpenBLAS products run from a Python loop "

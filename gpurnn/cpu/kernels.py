@@ -270,11 +270,13 @@ def _step_loops(key, forward_row, backward_row):
 
     @stable_jit(key, nogil=True)
     def backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh, dh_rec,
-                      dh_recT):
-        """First adds step t+1's product dh_recT (BLAS, (H, b1-b0)) into ds[0] for the rows
-        where step t+1 was real (none when t = T-1), then step t's rows (none when t = -1)."""
+                      dh_recT, transposed):
+        """First adds step t+1's product (BLAS: dh_recT (H, b1-b0), or dh_rec (b1-b0, H))
+        into ds[0] for the rows where step t+1 was real (none when t = T-1), then step t's
+        rows (none when t = -1)."""
         if t + 1 < dgx.shape[0]:
-            _transpose_into(dh_recT, dh_rec)
+            if transposed:
+                _transpose_into(dh_recT, dh_rec)
             for b in range(b0, b1):
                 if t + 1 < lengths[b]:
                     ds[0, b, :] += dh_rec[b - b0]
@@ -285,32 +287,44 @@ def _step_loops(key, forward_row, backward_row):
     def rows_loops(gemm_nt, compile):
         """The "rows" time loops with the per-step products c = a @ b.T by ``gemm_nt``:
         compiled (NumPy's OpenBLAS called from njit, openblas.py) or, where that cannot
-        run, as Python loops with np.matmul (the plan says why)."""
-        def forward_rows_blas(b0, b1, gx, w_hh, bias, lengths, st, aux, out, transposed):
+        run, as Python loops with np.matmul (the plan says why). ``block`` > 0: each
+        product as h @ W^T in calls of ``block`` output columns (openblas.small_block:
+        OpenBLAS's small-matrix kernels, no packing of W_hh per call, no transpose after);
+        0: one call, gh^T = W_hh h^T where ``transposed`` (the forward), else h @ W_hh^T."""
+        def products(a, b, c, cT, transposed, block):
+            if block > 0:
+                for m0 in range(0, b.shape[0], block):
+                    gemm_nt(a, b[m0:m0 + block], c[:, m0:m0 + block])
+            elif transposed:
+                gemm_nt(b, a, cT)
+            else:
+                gemm_nt(a, b, c)
+
+        def forward_rows_blas(b0, b1, gx, w_hh, bias, lengths, st, aux, out, transposed, block):
             GH, n = w_hh.shape[0], b1 - b0
             gh, ghT = np.empty((n, GH), gx.dtype), np.empty((GH, n), gx.dtype)
+            transposed = transposed and block == 0
             for t in range(gx.shape[0]):
-                if transposed:
-                    gemm_nt(w_hh, st[0, t, b0:b1], ghT)         # gh^T = W_hh h^T
-                else:
-                    gemm_nt(st[0, t, b0:b1], w_hh, gh)          # gh = h W_hh^T
+                products(st[0, t, b0:b1], w_hh, gh, ghT, transposed, block)   # h_{t-1} W_hh^T
                 forward_step(t, b0, b1, gx, gh, ghT, transposed, bias, lengths, st, aux, out)
 
         def backward_rows_blas(b0, b1, acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx,
-                               dgh):
+                               dgh, block):
             T, H, n = dgx.shape[0], w_hh_t.shape[0], b1 - b0
             dh_rec, dh_recT = np.empty((n, H), dgx.dtype), np.empty((H, n), dgx.dtype)
+            transposed = block == 0
             for t in range(T - 1, -1, -1):
                 backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
-                              dh_rec, dh_recT)
-                gemm_nt(w_hh_t, dgh[t, b0:b1], dh_recT)       # dh_rec^T = W_hh^T dgh[t]^T
+                              dh_rec, dh_recT, transposed)
+                products(dgh[t, b0:b1], w_hh_t, dh_rec, dh_recT, transposed, block)  # dgh W_hh
             backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
-                          dh_rec, dh_recT)
+                          dh_rec, dh_recT, transposed)
+        products = compile(products) if compile is not _as_is else products
         return compile(forward_rows_blas), compile(backward_rows_blas)
 
     openblas.status()               # registers the symbols rows_njit links against
     rows_njit = rows_loops(openblas.gemm_nt, stable_jit(key, nogil=True))
-    rows_python = rows_loops(lambda a, b, c: np.matmul(a, b.T, out=c), lambda fn: fn)
+    rows_python = rows_loops(lambda a, b, c: np.matmul(a, b.T, out=c), _as_is)
 
     # ---- MKL's packed products (B > 8, float32, mkl.status()): the whole loop of a part's
     # rows in one njit call, W_hh packed once per call (gpurnn.cpu.mkl)
@@ -350,8 +364,10 @@ def _step_loops(key, forward_row, backward_row):
             forward_rows_mkl(b0, b1, gx, mkl.pack_weights(w_hh, True, b1 - b0), bias, lengths,
                              st, aux, out)
         else:
+            b0, b1 = plan.rows(part)
             loop = (rows_njit if plan.loop == "njit" else rows_python)[0]
-            loop(*plan.rows(part), gx, w_hh, bias, lengths, st, aux, out, transposed)
+            loop(b0, b1, gx, w_hh, bias, lengths, st, aux, out, transposed,
+                 plan.small_block(b1 - b0, w_hh.shape[1]))
 
     def backward_part(plan, part, acts, st, aux, w_hh, w_hh_t, lengths, truncate, dout, ds, dgx,
                       dgh):
@@ -365,8 +381,10 @@ def _step_loops(key, forward_row, backward_row):
             backward_rows_mkl(b0, b1, acts, st, aux, mkl.pack_weights(w_hh, False, b1 - b0),
                               lengths, truncate, dout, ds, dgx, dgh)
         else:
+            b0, b1 = plan.rows(part)
             loop = (rows_njit if plan.loop == "njit" else rows_python)[1]
-            loop(*plan.rows(part), acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx, dgh)
+            loop(b0, b1, acts, st, aux, w_hh_t, lengths, truncate, dout, ds, dgx, dgh,
+                 plan.small_block(b1 - b0, w_hh_t.shape[1]))
 
     return forward_part, backward_part
 
@@ -441,6 +459,14 @@ class Plan:
             if free is not None and free + 1 < self.nparts:
                 self.busy = self.nparts - (free + 1)
                 self.nparts = free + 1
+
+    def small_block(self, rows, K):
+        """Output columns per OpenBLAS call of a "rows" part's per-step product (0: one
+        call), where the loop is compiled (openblas.small_block); the Python loop and MKL
+        take one call."""
+        if self.kind != "rows" or self.products != "openblas" or self.loop != "njit":
+            return 0
+        return openblas.small_block(rows, K)
 
     def gemm(self, a, b, out, part):
         """This part's rows of out = a @ b (``gemm``) with this plan's BLAS library."""
@@ -540,6 +566,11 @@ def transpose(src, dst):
     """dst = src.T (both C-contiguous) with the tiled copy: the per-forward W_hh^T takes
     0.15 ms instead of NumPy's 0.33 ms (H=256 LSTM) and 0.72 vs 3.5 ms (H=512)."""
     _transpose_into(src, dst)
+
+
+def _as_is(fn):
+    """rows_loops' "compile" for the Python loops: the functions as written."""
+    return fn
 
 
 _kernels = {}

@@ -16,6 +16,8 @@ the split recurrence runs its parts under parallel.single_threaded_blas (one eac
   status()          (True, "openblas <version> in <library>") or (False, why not)
   gemm_nt(a, b, c)  njit: c = a @ b.T; a (M, K), b (N, K), c (M, N), each with unit stride
                     in its last dimension (rows may be strided); float32 or float64
+  small_block(rows, K)   columns per call that keep a per-step product on
+                    OpenBLAS's small-matrix kernels (0: one call)
 
 Calls go by symbol name (llvmlite.binding.add_symbol, as mkl.py does), so kernels that use
 them cache on disk like every other kernel; ``status()`` registers the symbols, and the
@@ -65,6 +67,44 @@ def _library():
             return lib, f"openblas {info.get('version')} in {info['filepath']}"
     return None, (f"NumPy's OpenBLAS exports no 64-bit-integer CBLAS gemm (tried {', '.join(tried)}); "
                   "the per-step products run from a Python loop")
+
+
+# OpenBLAS's AVX-512 cores: their "small matrix" GEMM kernels run products with M N K up to
+# 64^3 straight from the operands, without packing them first
+SMALL_KERNEL_CORES = ("skylakex", "cooperlake", "sapphirerapids")
+SMALL_MNK = 64 ** 3
+
+
+def small_kernels():
+    """Whether NumPy's OpenBLAS runs one of the cores with small-matrix kernels."""
+    lib, _ = _library()
+    return lib is not None and _core().lower() in SMALL_KERNEL_CORES
+
+
+@functools.lru_cache(maxsize=None)
+def _core():
+    from threadpoolctl import threadpool_info
+    return next((i.get("architecture") or "" for i in threadpool_info()
+                 if i.get("internal_api") == "openblas"), "")
+
+
+def small_block(rows, K):
+    """Output columns per call for a per-step product of ``rows`` rows and inner size K,
+    or 0 for one call. Why: a whole product, e.g. 16 x 256 -> 1024 columns, is one regular
+    GEMM, which copies (packs) all of W_hh — 1 MiB, a core's whole L2 — at every step; in
+    calls of at most SMALL_MNK multiply-adds the small-matrix kernels read W_hh as it lies
+    and write h W_hh^T in the cell's layout, so no transpose follows. Measured on an EPYC
+    Zen 5, one thread, OpenBLAS 0.3.31 SkylakeX kernels (RESULTS_cpu.md, Tuning log 22):
+    forward 16 x 256 -> 1024 in 64-column calls 49 us vs 70 (+ a 5 us transpose), 11 rows
+    43 vs 105, 21 x 256 -> 768 49 vs 81, 16 x 512 -> 2048 213 vs 265; backward 16 x 1024 ->
+    256 56 vs 62, 16 x 768 -> 256 36 vs 46; but 32 x 512 -> 2048 forward 489 vs 391, so
+    beyond 16 rows only blocks of >= 32 columns are taken."""
+    if not small_kernels() or rows < 1:
+        return 0
+    block = SMALL_MNK // (rows * K) // 16 * 16
+    if block < 16 or (rows > 16 and block < 32):
+        return 0
+    return block
 
 
 def status():
