@@ -9,7 +9,7 @@ import pickle
 
 import pytest
 
-torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 181 tests of gpurnn.torch"
+torch = pytest.importorskip("torch", reason="PyTorch is not installed: the 184 tests of gpurnn.torch"
                             " in this module are skipped (pip install torch)")
 
 import gpurnn  # noqa: E402

@@ -564,16 +564,11 @@ def _gemm_path():
 
 def _cpu_gemm_path():
     """Which library the cpu backend's float32 "rows" recurrence (B > 8) multiplies with,
-    where its time loop runs, and why (CpuBackend._products / _loop: what tape["plan"]
-    will say)."""
-    from gpurnn.cpu import CpuBackend
-    import numpy as np
-    backend = CpuBackend()
-    library, declined, chosen = backend._products(np.dtype(np.float32))
-    loop, slow = backend._loop(library)
-    why = "; ".join(filter(None, [declined and f"MKL declined: {declined}", chosen,
-                                  slow and f"loop in Python: {slow}"]))
-    return f"{library}, time loop in {loop}" + (f" ({why})" if why else "")
+    where its time loop runs, and why (what tape["plan"] will say)."""
+    import gpurnn
+    if "cpu" not in gpurnn.available_backends():
+        return "none (no cpu backend here: pip install numba)"
+    return gpurnn.get_backend("cpu").products_path("float32")
 
 
 def _gpu_description():

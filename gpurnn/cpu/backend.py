@@ -126,6 +126,15 @@ class CpuBackend(HostBackend):
                 return "openblas", None, slower        # the faster library here, not a fallback
         return "mkl", None, None
 
+    def products_path(self, dtype):
+        """One line: the per-step products' library for a ``dtype`` "rows" layer, where its
+        time loop runs and why (``gpurnn info``'s "cpu GEMM path")."""
+        library, declined, chosen = self._products(np.dtype(dtype))
+        loop, slow = self._loop(library)
+        why = "; ".join(filter(None, [declined and f"MKL declined: {declined}", chosen,
+                                      slow and f"loop in Python: {slow}"]))
+        return f"{library}, time loop in {loop}" + (f" ({why})" if why else "")
+
     @staticmethod
     def _loop(products):
         """(loop, why not njit): where the per-step products are OpenBLAS's, their time loop
