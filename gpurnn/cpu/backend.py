@@ -56,7 +56,9 @@ class CpuBackend(HostBackend):
     transposed_forward  the forward's per-step OpenBLAS product as ghT = W_hh @ h^T,
                 measured faster for LSTM B=32 H=256 and B=64 H=512 once the copies were
                 tiled (Tuning log, benchmarks/RESULTS_cpu.md); False: h @ W_hh^T directly
-                (kept for comparisons; the tests run both)
+                (kept for comparisons; the tests run both). Where OpenBLAS's small-matrix
+                kernels run (openblas.small_block), both directions' products go as
+                h @ W_hh^T in column blocks instead, and this flag does not apply
     """
     name = "cpu"
     dtypes = ("float32", "float64")

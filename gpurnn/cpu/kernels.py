@@ -319,7 +319,7 @@ def _step_loops(key, forward_row, backward_row):
                 products(dgh[t, b0:b1], w_hh_t, dh_rec, dh_recT, transposed, block)  # dgh W_hh
             backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
                           dh_rec, dh_recT, transposed)
-        products = compile(products) if compile is not _as_is else products
+        products = compile(products)
         return compile(forward_rows_blas), compile(backward_rows_blas)
 
     openblas.status()               # registers the symbols rows_njit links against
