@@ -92,3 +92,30 @@ def assert_all_close(actual, expected, dtype, tolerance):
         assert np.all(np.isfinite(got)), f"{name}: non-finite values (a buffer left unwritten?)"
         err = rel_err(got, want)
         assert err <= tolerance, f"{name}: normwise relative error {err:.3g}"
+
+
+def poisoned_cpu(**kw):
+    """A "cpu" backend that fills every buffer its kernels must write with NaN first."""
+    from gpurnn.cpu import CpuBackend
+    return CpuBackend(poison=True, **kw)
+
+
+def split_cpu():
+    """poisoned_cpu split over 2 threads whatever the size (and however busy the machine),
+    so the split paths run on small test shapes."""
+    from gpurnn.cpu.kernels import SplitRules
+    return poisoned_cpu(threads=2, split=SplitRules(units_per_part=1, rows_per_part=1,
+                                                    split_macs=0, fit_free_cores=False))
+
+
+def backend_or_skip(factory, name):
+    """factory() (a fresh backend instance), or skip the test saying why ``name`` cannot run
+    here (the cuda backend needs numba-cuda: a GPU, or its simulator, NUMBA_ENABLE_CUDASIM=1)."""
+    import pytest
+    try:
+        impl = factory()
+        if not impl.is_available():
+            raise gpurnn.BackendUnavailable(f"{name} is not available here")
+    except (ImportError, gpurnn.BackendUnavailable) as exc:
+        pytest.skip(f"backend {name} cannot run here: {exc}")
+    return impl

@@ -13,7 +13,8 @@ import pytest
 
 import gpurnn
 from gpurnn.backend import NumpyBackend
-from helpers import EVERY_CELL, assert_all_close, forward_backward, host, rel_err
+from helpers import (EVERY_CELL, assert_all_close, backend_or_skip, forward_backward, host,
+                     poisoned_cpu, rel_err, split_cpu)
 
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
 T, I, H = 7, 5, 6                 # odd, distinct sizes so a transposed index cannot hide
@@ -39,17 +40,6 @@ OPTIONS = {
 }
 
 
-def _cpu(**kw):
-    from gpurnn.cpu import CpuBackend
-    return CpuBackend(poison=True, **kw)
-
-
-def _cpu_split():
-    from gpurnn.cpu.kernels import SplitRules
-    return _cpu(threads=2, split=SplitRules(units_per_part=1, rows_per_part=1, split_macs=0,
-                                            fit_free_cores=False))
-
-
 def _cuda():
     from gpurnn.cuda.backend import CudaBackend
     return CudaBackend(poison=True)
@@ -58,9 +48,9 @@ def _cuda():
 # name -> (factory, options it runs: the CUDA simulator is slow, so it runs one that has everything)
 BACKENDS = {
     "numpy-vectorised": (lambda: NumpyBackend(vectorised=True), tuple(OPTIONS)),
-    "cpu": (_cpu, tuple(OPTIONS)),
-    "cpu-split": (_cpu_split, ("lengths_truncate", "rows", "rows_lengths", "everything")),
-    "cpu-openblas": (lambda: _cpu(gemm="openblas"), ("rows", "rows_lengths")),
+    "cpu": (poisoned_cpu, tuple(OPTIONS)),
+    "cpu-split": (split_cpu, ("lengths_truncate", "rows", "rows_lengths", "everything")),
+    "cpu-openblas": (lambda: poisoned_cpu(gemm="openblas"), ("rows", "rows_lengths")),
     "cuda": (_cuda, ("everything",)),
 }
 
@@ -86,16 +76,9 @@ def _inputs(model, rng, batch, with_state):
 
 
 def _backend(name):
-    """A fresh instance of backend ``name`` ("numpy" or a BACKENDS entry), or skip the test
-    saying why it cannot run here."""
+    """A fresh instance of backend ``name`` ("numpy" or a BACKENDS entry), or a skip."""
     factory = {"numpy": NumpyBackend, **{k: f for k, (f, _) in BACKENDS.items()}}[name]
-    try:
-        impl = factory()
-        if not impl.is_available():
-            raise gpurnn.BackendUnavailable(f"{name} is not available here")
-    except (ImportError, gpurnn.BackendUnavailable) as exc:
-        pytest.skip(f"backend {name} cannot run here: {exc}")
-    return impl
+    return backend_or_skip(factory, name)
 
 
 @pytest.mark.parametrize("backend, cell, option, dtype", list(_cases()))

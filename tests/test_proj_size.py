@@ -14,7 +14,7 @@ import pytest
 
 import gpurnn
 from gpurnn.backend import NumpyBackend
-from helpers import assert_all_close, host, rel_err
+from helpers import assert_all_close, host, backend_or_skip, poisoned_cpu, rel_err, split_cpu
 
 TOLERANCE = {"float32": 2e-5, "float64": 1e-10}
 T, I, H, P = 7, 5, 6, 4
@@ -37,17 +37,6 @@ OPTIONS = {
 }
 
 
-def _cpu(**kw):
-    from gpurnn.cpu import CpuBackend
-    return CpuBackend(poison=True, **kw)
-
-
-def _cpu_split():
-    from gpurnn.cpu.kernels import SplitRules
-    return _cpu(threads=2, split=SplitRules(units_per_part=1, rows_per_part=1, split_macs=0,
-                                            fit_free_cores=False))
-
-
 def _cuda(algo):
     def make():
         from gpurnn.cuda.backend import CudaBackend
@@ -58,26 +47,18 @@ def _cuda(algo):
 # name -> (factory, options it runs: the CUDA simulator is slow, so it runs one that has
 # everything, per kernel)
 BACKENDS = {
-    "cpu": (_cpu, tuple(OPTIONS)),
-    "cpu-split": (_cpu_split, ("lengths_truncate", "rows_lengths", "everything")),
-    "cpu-openblas": (lambda: _cpu(gemm="openblas"), ("rows", "rows_lengths")),
+    "cpu": (poisoned_cpu, tuple(OPTIONS)),
+    "cpu-split": (split_cpu, ("lengths_truncate", "rows_lengths", "everything")),
+    "cpu-openblas": (lambda: poisoned_cpu(gemm="openblas"), ("rows", "rows_lengths")),
     "cuda-step": (_cuda("step"), ("everything",)),
     "cuda-persistent": (_cuda("persistent"), ("everything",)),
 }
 
 
 def _backend(name):
-    """A fresh instance of backend ``name``, or skip saying why it cannot run here (the
-    cuda backend needs numba-cuda: a GPU, or its simulator, NUMBA_ENABLE_CUDASIM=1)."""
+    """A fresh instance of backend ``name`` ("numpy" or a BACKENDS entry), or a skip."""
     factory = {"numpy": NumpyBackend, **{k: f for k, (f, _) in BACKENDS.items()}}[name]
-    try:
-        impl = factory()
-        if not impl.is_available():
-            raise gpurnn.BackendUnavailable(f"{name} is not available here")
-    except (ImportError, gpurnn.BackendUnavailable) as exc:
-        pytest.skip(f"backend {name} cannot run here (numba / numba-cuda or its simulator"
-                    f" missing): {exc}")
-    return impl
+    return backend_or_skip(factory, name)
 
 
 def _inputs(model, rng, batch, with_state):
