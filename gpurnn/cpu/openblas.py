@@ -42,16 +42,17 @@ _EXPORTS = (("scipy_cblas_", "64_"), ("cblas_", "64_"))   # (prefix, suffix): IL
 
 @functools.lru_cache(maxsize=None)
 def _library():
-    """(ctypes library, description) or (None, why not)."""
+    """(ctypes library, description, OpenBLAS core name) or (None, why not, "")."""
     import numpy  # noqa: F401  (threadpoolctl sees only libraries already loaded)
     try:
         from threadpoolctl import threadpool_info
     except ImportError as e:
-        return None, f"threadpoolctl missing ({e})"
+        return None, f"threadpoolctl missing ({e})", ""
     found = [i for i in threadpool_info() if i.get("internal_api") == "openblas"]
     if not found:
         apis = sorted({i.get("internal_api", "?") for i in threadpool_info()}) or ["none"]
-        return None, f"NumPy's BLAS is not OpenBLAS (found: {', '.join(apis)})"
+        return None, f"NumPy's BLAS is not OpenBLAS (found: {', '.join(apis)})", ""
+    found.sort(key=lambda i: "numpy" not in i["filepath"])   # NumPy's before SciPy's
     tried = []
     for info in found:
         lib = ctypes.CDLL(info["filepath"])
@@ -64,9 +65,10 @@ def _library():
                 continue
             for dtype, fn in fns.items():
                 llvmlite.binding.add_symbol(_SYMBOLS[dtype], ctypes.cast(fn, ctypes.c_void_p).value)
-            return lib, f"openblas {info.get('version')} in {info['filepath']}"
+            return (lib, f"openblas {info.get('version')} in {info['filepath']}",
+                    info.get("architecture") or "")
     return None, (f"NumPy's OpenBLAS exports no 64-bit-integer CBLAS gemm (tried {', '.join(tried)}); "
-                  "the per-step products run from a Python loop")
+                  "the per-step products run from a Python loop"), ""
 
 
 # OpenBLAS's AVX-512 cores: their "small matrix" GEMM kernels run products with M N K up to
@@ -76,16 +78,9 @@ SMALL_MNK = 64 ** 3
 
 
 def small_kernels():
-    """Whether NumPy's OpenBLAS runs one of the cores with small-matrix kernels."""
-    lib, _ = _library()
-    return lib is not None and _core().lower() in SMALL_KERNEL_CORES
-
-
-@functools.lru_cache(maxsize=None)
-def _core():
-    from threadpoolctl import threadpool_info
-    return next((i.get("architecture") or "" for i in threadpool_info()
-                 if i.get("internal_api") == "openblas"), "")
+    """Whether the OpenBLAS the loops call runs one of the cores with small-matrix kernels."""
+    lib, _, core = _library()
+    return lib is not None and core.lower() in SMALL_KERNEL_CORES
 
 
 def small_block(rows, K):
@@ -109,7 +104,7 @@ def small_block(rows, K):
 
 def status():
     """(True, which OpenBLAS) where njit code can call NumPy's OpenBLAS, else (False, why)."""
-    lib, text = _library()
+    lib, text, _ = _library()
     return lib is not None, text
 
 
