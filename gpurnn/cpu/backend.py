@@ -180,7 +180,7 @@ class CpuBackend(HostBackend):
 
     # ------------------------------------------------------------------ forward
     def forward(self, spec, x, w_ih, w_hh, b_ih, b_hh, state0, lengths, gx0=None):
-        from .kernels import Plan, recurrence_kernels, transpose
+        from .kernels import Plan, recurrence_kernels, share, transpose
         x, w_ih, w_hh = (np.ascontiguousarray(a) for a in (x, w_ih, w_hh))
         T, B = x.shape[:2]
         GH, H = w_hh.shape
@@ -213,7 +213,8 @@ class CpuBackend(HostBackend):
         def part(p):
             project(p)                                         # gx = X W_ih^T, by rows
             if gx0 is not None:                                # this part's rows of step 0
-                r0, r1 = T * B * p // plan.nparts, min(T * B * (p + 1) // plan.nparts, B)
+                r0, r1 = share(T * B, p, plan.nparts)
+                r1 = min(r1, B)
                 if r0 < r1:
                     gx[0, r0:r1] += gx0[r0:r1]
             plan.meet(p)
@@ -279,7 +280,7 @@ class CpuBackend(HostBackend):
     def _input_projection(self, x, w_ih, gx2, plan):
         """Writes gx2 (T*B, G*H) = X W_ih^T, this part's rows: a GEMM, or for token ids
         a gather of rows of W_ih^T (one contiguous copy per token, cpu.tokens)."""
-        from .kernels import transpose
+        from .kernels import share, transpose
         TB, n = gx2.shape[0], plan.nparts
         if not is_token_ids(x):
             x2 = x.reshape(TB, -1)
@@ -288,7 +289,7 @@ class CpuBackend(HostBackend):
         w_ih_t = self._empty(w_ih.shape[::-1], w_ih.dtype)     # (I, G*H): a row per id
         transpose(w_ih, w_ih_t)
         ids = x.reshape(TB)
-        return lambda p: gather_rows(w_ih_t, ids, gx2, TB * p // n, TB * (p + 1) // n)
+        return lambda p: gather_rows(w_ih_t, ids, gx2, *share(TB, p, n))
 
     def _input_weight_grad(self, x, dgx2, dw_ih, plan):
         """Writes dw_ih (G*H, I) = dG_x^T X, this part's share: a GEMM by rows, or for
@@ -297,9 +298,10 @@ class CpuBackend(HostBackend):
         if not is_token_ids(x):
             x2 = x.reshape(TB, -1)
             return lambda p: plan.gemm(dgx2.T, x2, dw_ih, p)
+        from .kernels import share
         from .tokens import scatter_add_columns
         ids = x.reshape(TB)
-        return lambda p: scatter_add_columns(dgx2, ids, dw_ih, GH * p // n, GH * (p + 1) // n)
+        return lambda p: scatter_add_columns(dgx2, ids, dw_ih, *share(GH, p, n))
 
 
 def tape_nbytes(tape):

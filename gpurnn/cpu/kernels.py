@@ -496,7 +496,7 @@ class Plan:
                                                                    f"{self.busy} core busy")
 
     def rows(self, part):
-        return self.B * part // self.nparts, self.B * (part + 1) // self.nparts
+        return share(self.B, part, self.nparts)
 
     def weight_copy(self, part, layout, dtype):
         """An empty, 64-byte aligned array for one "units" part's share of W_hh: "columns"
@@ -529,6 +529,12 @@ class Plan:
             run_parts(guarded, self.nparts)
 
 
+def share(n, part, nparts):
+    """(start, stop) of part ``part``'s share of n items split into ``nparts`` (sizes differ
+    by at most one): the one rule every split of the backend uses."""
+    return n * part // nparts, n * (part + 1) // nparts
+
+
 def gemm(a, b, out, part=0, nparts=1, library="openblas"):
     """out = a @ b through NumPy's BLAS (np.matmul into ``out``), or MKL on this thread
     where ``library`` is "mkl", the dtype float32 and N a multiple of 16 (gpurnn.cpu.mkl; one
@@ -540,7 +546,7 @@ def gemm(a, b, out, part=0, nparts=1, library="openblas"):
     M*part//nparts .. M*(part+1)//nparts of out.
     a (M, K), b (K, N), out (M, N); C- or F-contiguous (a transposed view is fine)."""
     M = out.shape[0]
-    r0, r1 = M * part // nparts, M * (part + 1) // nparts
+    r0, r1 = share(M, part, nparts)
     if library == "mkl" and out.dtype == np.float32 and out.shape[1] % 16 == 0:
         mkl.gemm(a[r0:r1], b, out[r0:r1])
     else:
