@@ -175,11 +175,13 @@ def checked_runner(version, cfg, weights, x, dout, reference):
 
 
 def split_plan(model):
-    """How backend="cpu" ran the forward: split over threads and per-step products, e.g.
-    "units x2 njit", "units x1 (1 core busy) njit", "rows x2 mkl" (kernels.Plan)."""
+    """How backend="cpu" ran the forward: split over threads, per-step products and the
+    pool parts 1.. ran on, e.g. "units x2 njit openmp", "units x1 (1 core busy) njit",
+    "rows x2 mkl own" (kernels.Plan, parallel.run_parts_on_pool)."""
     plan = model.last_plans["forward"][0][0]
     kind, nparts, *busy = plan["split"]
-    return " ".join([f"{kind} x{nparts}"] + [f"({b})" for b in busy] + [plan.get("products", "")])
+    return " ".join([f"{kind} x{nparts}"] + [f"({b})" for b in busy] + [plan.get("products", "")]
+                    + [plan["pool"] or ""]).strip()
 
 
 def tape_bytes(model):

@@ -40,6 +40,7 @@ def test_info_names_cuda_bindings_toolkit_and_gemm_path():
         assert rows[label], label
     assert re.match(r"(cuBLAS via CuPy|Numba gemm kernel|none)", rows["cuda GEMM path"])
     assert re.match(r"(mkl|openblas), time loop in (njit|python)", rows["cpu GEMM path"])
+    assert re.match(r"(gpurnn's own|the calling thread's OpenMP team)", rows["cpu thread pool"])
 
 
 def test_module_skip_reasons_count_the_tests_they_skip():

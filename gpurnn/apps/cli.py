@@ -537,7 +537,22 @@ def collect_info():
     rows.append(("backend 'auto' picks", _safe(lambda: __import__("gpurnn").get_backend("auto").name)))
     rows.append(("cuda GEMM path", _safe(_gemm_path)))
     rows.append(("cpu GEMM path", _safe(_cpu_gemm_path)))
+    rows.append(("cpu thread pool", _safe(_cpu_pool)))
     return rows
+
+
+def _cpu_pool():
+    """Which threads the cpu backend's split recurrence runs its parts 1.. on here."""
+    from gpurnn.cpu.parallel import pool_choice
+    pool, why_not = pool_choice()
+    mode = os.environ.get("GPURNN_CPU_POOL") or "auto"
+    if pool == "openmp":
+        return f"the calling thread's OpenMP team (GPURNN_CPU_POOL={mode})"
+    if why_not:
+        return f"gpurnn's own (not the OpenMP team: {why_not})"
+    if mode == "own":
+        return "gpurnn's own (GPURNN_CPU_POOL=own)"
+    return "gpurnn's own here; torch's OpenMP team in a process that imports torch (GPURNN_CPU_POOL=auto)"
 
 
 def _toolkit_packages():

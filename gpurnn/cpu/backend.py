@@ -153,7 +153,8 @@ class CpuBackend(HostBackend):
         """What tape["plan"] says: the split, the products and, for a "rows" split (the only
         one MKL is for), why MKL was declined (a fallback, which GPURNN_STRICT=1 turns into
         an error) or why OpenBLAS was chosen over it."""
-        record = {"split": plan.describe(), "products": plan.products}
+        record = {"split": plan.describe(), "products": plan.products,
+                  "pool": plan.pool}          # None: one part, on the caller
         if plan.kind == "rows" and plan.products == "openblas":
             record["loop"] = plan.loop
             rows = plan.rows(0)[1] - plan.rows(0)[0]     # part 0's; the others' differ by <= 1
@@ -271,7 +272,7 @@ class CpuBackend(HostBackend):
             db_hh = db_ih.copy() if dgh is dgx and db_ih is not None else dgh2.sum(0)
         return DirectionGrads(dx=dx, dstate0=tuple(ds), dw_ih=dw_ih, dw_hh=dw_hh,
                               db_ih=db_ih, db_hh=db_hh,
-                              plan={**tape["plan"], "split": plan.describe()},
+                              plan={**tape["plan"], "split": plan.describe(), "pool": plan.pool},
                               dgates=dgh if need_dgates else None)
 
     # ------------------------------------------------------------------ input side

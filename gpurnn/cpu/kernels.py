@@ -80,7 +80,8 @@ import numpy as np
 from ..cells.codegen import exec_source, scalar_namespace
 from . import fastmath, mkl, openblas, rows
 from .jit import stable_jit
-from .parallel import cores_free, recurrence_threads, run_parts, single_threaded_blas
+from .parallel import (cores_free, recurrence_threads, run_parts, run_parts_on_pool,
+                       single_threaded_blas)
 from .sync import abort, barrier, meet, new_flags
 
 
@@ -477,6 +478,7 @@ class Plan:
         self.phase_flags = new_flags(self.nparts)
         self._phase = [0] * self.nparts
         self.partial = None
+        self.pool = None                 # which threads ran parts 1.. (run_parts_on_pool)
 
     def for_backward(self, dtype):
         """A copy of this plan (same split) with fresh barriers and the backward's buffers:
@@ -512,7 +514,12 @@ class Plan:
             meet(self.phase_flags, part, self.nparts, self._phase[part])
 
     def blas(self):
-        return single_threaded_blas() if self.nparts > 1 else contextlib.nullcontext()
+        """One-thread BLAS where the parts call it, and where a core was found taken (a
+        threaded GEMM there would fight for it, and OpenBLAS's worker then spins ~100 ms
+        after, so the next call finds the core taken again: B=1 LSTM stayed on one part)."""
+        if self.nparts > 1 or self.busy is not None:
+            return single_threaded_blas()
+        return contextlib.nullcontext()
 
     def run(self, fn):
         """fn(part) on every part at once (parts 1.. on pool threads), BLAS per self.blas().
@@ -526,7 +533,7 @@ class Plan:
                 abort(self.phase_flags)
                 raise
         with self.blas():
-            run_parts(guarded, self.nparts)
+            self.pool = run_parts_on_pool(guarded, self.nparts)[1]
 
 
 def share(n, part, nparts):

@@ -7,6 +7,8 @@
   run_parts(fn, nparts)      fn(0) on the calling thread and fn(1..nparts-1) on pool threads
                              pinned to other cores, all at once; returns when all are done,
                              re-raises the first error
+  pool_choice()             (pool, why not the OpenMP team): which threads run parts 1..
+                             ("openmp" or "own"; GPURNN_CPU_POOL=auto|own|openmp)
   single_threaded_blas()     context: every BLAS library in the process limited to one thread
                              (threadpoolctl), for parts that each call BLAS themselves; one
                              process-wide, reference-counted limit, so threads that enter and
@@ -18,6 +20,15 @@ and such kernels, so the pool's threads run in parallel. Parts that meet at a sp
 for every other part, so a part waits at most for a part of another call that is running
 already (two user threads calling at once), never for one that cannot start.
 
+Which threads: with torch imported, its OpenMP workers (libgomp, one team per calling
+thread) spin ~5-10 ms after every torch op, on the very cores our parts need; a part handed
+to a thread of our own pool then shares a core with a spinning worker until it sleeps.
+So where an OpenMP runtime is loaded and torch is imported, the parts run *on* the calling
+thread's OpenMP team (GOMP_parallel with a ctypes callback, as a torch op would): the
+spinning worker takes part 1 at once instead of competing with it (GRU T=64 B=32 H=256
+interleaved with torch.nn.GRU: 0.53 -> 0.48 of torch's time, Xeon; RESULTS_cpu.md,
+Tuning log 24). Elsewhere (no torch, GPURNN_CPU_POOL=own) our own pool runs them.
+
 Fork: a child process inherits the pool object but not its threads, and a part handed to
 it would never start while part 0 spins at the barrier. ``os.register_at_fork`` drops the
 pool in the child (the next call starts a fresh one), renews the locks another thread may
@@ -26,7 +37,9 @@ Barriers belong to one layer call (kernels.Plan), so no barrier outlives a fork.
 """
 import contextlib
 import ctypes
+import itertools
 import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,7 +74,9 @@ def cores_free():
     process may use minus the runnable tasks other than the caller (Linux /proc/loadavg's
     fourth field counts every task running or ready to run, system-wide). A torch OpenMP
     worker spinning after torch's last parallel op (~10 ms here, libgomp's default spin)
-    or another process's busy thread counts as a taken core. None where it cannot tell."""
+    or another process's busy thread counts as a taken core, except a worker of the OpenMP
+    team the parts will run on (pool_choice): that one takes a part. None where it cannot
+    tell."""
     global _loadavg_fd
     try:
         if _loadavg_fd is None:
@@ -70,7 +85,8 @@ def cores_free():
         cores = len(os.sched_getaffinity(0))
     except (OSError, AttributeError, IndexError, ValueError):
         return None
-    return max(0, cores - running)
+    team = _openmp_team() if pool_choice()[0] == "openmp" else None
+    return max(0, cores - running + (team.workers_running() if team else 0))
 
 
 def _executor(workers):
@@ -86,8 +102,8 @@ def _executor(workers):
 
 
 def _core_plan(nparts):
-    """(allowed cores, a core for each part 1..nparts-1 other than the caller's current one),
-    or None where the platform cannot say or pin."""
+    """A core for each part 1..nparts-1, other than the caller's current one where there
+    are others, or None where the platform cannot say or pin."""
     if _sched_getcpu is None or not hasattr(os, "sched_setaffinity"):
         return None
     try:
@@ -96,41 +112,243 @@ def _core_plan(nparts):
         return None
     here = _sched_getcpu()
     others = [c for c in allowed if c != here] or allowed
-    return allowed, [others[(part - 1) % len(others)] for part in range(1, nparts)]
+    return [others[(part - 1) % len(others)] for part in range(1, nparts)]
 
 
-def _pinned(fn, part, core, allowed):
-    """fn(part) on ``core``, then the pool thread is free to move again."""
+def _pinned(fn, part, core):
+    """fn(part) on ``core``; then the thread gets back the cores it had (a pool thread its
+    process's, an OpenMP worker what its runtime gave it)."""
+    own = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {core})
     try:
         return fn(part)
     finally:
-        os.sched_setaffinity(0, allowed)
+        os.sched_setaffinity(0, own)
+
+
+class _Parts:
+    """One run_parts call: fn, the cores for parts 1.., and each part's result or error."""
+
+    def __init__(self, fn, nparts):
+        self.fn, self.nparts = fn, nparts
+        self.cores = _core_plan(nparts)
+        self.results = [None] * nparts
+        self.errors = [None] * nparts
+        self.short = None             # the OpenMP team's size, where short of nparts
+
+    def run(self, part):
+        """Part ``part`` on the calling thread; never raises (an OpenMP thread cannot take
+        a Python exception back to the caller), its error is kept for outcome()."""
+        try:
+            if part == 0 or self.cores is None:
+                self.results[part] = self.fn(part)
+            else:
+                self.results[part] = _pinned(self.fn, part, self.cores[part - 1])
+        except BaseException as error:     # KeyboardInterrupt too: re-raised by outcome()
+            self.errors[part] = error
+
+    def on_own_pool(self, parts):
+        """Futures of ``parts`` run on this module's pool."""
+        pool = _executor(self.nparts - 1)
+        return [pool.submit(self.run, part) for part in parts]
+
+    def outcome(self):
+        for error in self.errors:
+            if error is not None:
+                raise error
+        return self.results
+
+
+_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_RUNTIMES = ("libgomp", "libomp", "libiomp5")       # all export GOMP_parallel
+
+
+class _DlInfo(ctypes.Structure):
+    _fields_ = [("dli_fname", ctypes.c_char_p), ("dli_fbase", ctypes.c_void_p),
+                ("dli_sname", ctypes.c_char_p), ("dli_saddr", ctypes.c_void_p)]
+
+
+def _openmp_runtime():
+    """A ctypes library whose GOMP_parallel and omp_* are the OpenMP runtime torch calls,
+    and that runtime's path; (None, None) where none is loaded.
+
+    Through torch's own libtorch_cpu.so where torch is imported (dlsym on a library's handle
+    searches its dependencies): a process can hold two runtimes, e.g. torch's bundled
+    libgomp and the system's, which Numba's "omp" threading layer loads, and a team of the
+    other one is a second set of threads beside torch's spinning ones. Else the first
+    runtime in /proc/self/maps (GPURNN_CPU_POOL=openmp without torch)."""
+    noload = getattr(os, "RTLD_NOLOAD", 0)
+    torch = sys.modules.get("torch")
+    candidates = []
+    if torch is not None and getattr(torch, "__file__", None):
+        candidates.append(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+    try:
+        with open("/proc/self/maps") as maps:
+            candidates += [path for path in (line.rsplit(None, 1)[-1] for line in maps)
+                           if os.path.basename(path).startswith(_RUNTIMES) and ".so" in path]
+    except OSError:
+        pass
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path, mode=noload)
+            entry = lib.GOMP_parallel
+        except (OSError, AttributeError):
+            continue
+        info = _DlInfo()
+        found = ctypes.CDLL(None).dladdr(ctypes.cast(entry, ctypes.c_void_p), ctypes.byref(info))
+        return lib, (info.dli_fname.decode() if found and info.dli_fname else path)
+    return None, None
+
+
+class _OpenMPTeam:
+    """Runs parts on the calling thread's OpenMP team: GOMP_parallel(callback, key, nparts, 0),
+    as a torch op does, so the team's threads (torch's workers, often still spinning) run
+    parts 1.. and the caller part 0. The callback holds the GIL only around the Python
+    between kernels: the parts' njit kernels and BLAS calls release it.
+
+    A team can come out short of nparts (OMP_THREAD_LIMIT, OMP_DYNAMIC, a call made inside
+    another parallel region): parts meet at spin barriers and must all run, so the parts
+    the team lacks go to our own pool, and the call's _Parts.short records it."""
+
+    def __init__(self, lib, path):
+        self.path = path                           # the runtime's file (dladdr)
+        self._parallel = lib.GOMP_parallel
+        self._parallel.argtypes = (_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)
+        self._parallel.restype = None
+        self._thread_num, self._team_size, self._in_parallel = (
+            lib.omp_get_thread_num, lib.omp_get_num_threads, lib.omp_in_parallel)
+        for f in (self._thread_num, self._team_size, self._in_parallel):
+            f.restype, f.argtypes = ctypes.c_int, ()
+        self._entry = _CALLBACK(self._enter)       # kept alive as long as the team
+        self._calls = {}                           # key -> _Parts in flight
+        self._keys = itertools.count(1)
+        self._workers = set()                      # native ids of team threads seen, not callers
+        self._stat_fds = {}
+        self.run(_Parts(lambda part: None, len(os.sched_getaffinity(0))))  # meet the workers
+
+    def in_parallel(self):
+        return bool(self._in_parallel())
+
+    def run(self, parts):
+        key = next(self._keys)
+        self._calls[key] = parts
+        try:
+            self._parallel(self._entry, key, parts.nparts, 0)
+        finally:
+            del self._calls[key]
+        return parts.outcome()
+
+    def _enter(self, key):
+        parts = self._calls[key]
+        me, got = self._thread_num(), self._team_size()
+        spill = []
+        if me == 0 and got < parts.nparts:
+            parts.short = got
+            spill = parts.on_own_pool(range(got, parts.nparts))
+        if me > 0:
+            self._workers.add(threading.get_native_id())
+        if me < got:               # (each thread asks the size: one past it runs nothing)
+            parts.run(me)
+        for future in spill:
+            future.result()
+
+    def workers_running(self):
+        """How many of the team's worker threads are running or runnable now (state R in
+        /proc/self/task/<tid>/stat): a worker spinning after a torch op is."""
+        running = 0
+        for tid in list(self._workers):
+            try:
+                fd = self._stat_fds.get(tid)
+                if fd is None:
+                    fd = self._stat_fds[tid] = os.open(f"/proc/self/task/{tid}/stat", os.O_RDONLY)
+                stat = os.pread(fd, 256, 0)
+            except OSError:                       # the thread is gone
+                self._workers.discard(tid)
+                fd = self._stat_fds.pop(tid, None)
+                if fd is not None:
+                    os.close(fd)
+                continue
+            running += stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R"
+        return running
+
+
+_team = None          # None: not looked for; False: none usable; "forked": in a child
+_team_lock = threading.Lock()
+POOLS = ("auto", "own", "openmp")
+
+
+def _openmp_team():
+    global _team
+    if _team is None:
+        with _team_lock:
+            if _team is None:
+                lib, path = _openmp_runtime()
+                try:
+                    _team = _OpenMPTeam(lib, path) if lib is not None else False
+                except (OSError, AttributeError):   # a runtime without the omp_* entry points
+                    _team = False
+    return _team if isinstance(_team, _OpenMPTeam) else None
+
+
+def pool_choice():
+    """(pool, why not "openmp"): which threads run parts 1.. of the next run_parts call
+    from this thread. GPURNN_CPU_POOL: "auto" (default) the OpenMP team where torch is
+    imported and an OpenMP runtime is loaded, "openmp" wherever one is loaded, "own"
+    never. Where the team was wanted but cannot serve, why (a fallback: Plan records it)."""
+    mode = os.environ.get("GPURNN_CPU_POOL", "auto") or "auto"
+    if mode not in POOLS:
+        raise ValueError(f"GPURNN_CPU_POOL must be one of {', '.join(POOLS)}, got {mode!r}")
+    if mode == "own" or (mode == "auto" and "torch" not in sys.modules):
+        return "own", None
+    team = _openmp_team()
+    if team is None:
+        return "own", ("a forked child (an OpenMP team does not survive a fork)"
+                       if _team == "forked" else "no OpenMP runtime with GOMP_parallel loaded")
+    if team.in_parallel():
+        return "own", "called inside an OpenMP parallel region"
+    return "openmp", None
 
 
 def run_parts(fn, nparts):
     """fn(part) for part in 0..nparts-1, concurrently; the results in part order.
+    (run_parts_on_pool also says which threads ran them.)"""
+    return run_parts_on_pool(fn, nparts)[0]
 
-    Parts 1.. run on pool threads pinned, for the call, to cores other than the caller's:
-    a pool thread woken from sleep is otherwise often placed on the caller's core (the
-    kernel's wake-affine heuristic), and two parts on one core turn every barrier into a
-    pair of context switches (B=1 LSTM at 2 threads: 8-9 ms instead of 3.5 ms for the
-    first ~50 ms after an idle pause, measured; the parts were seen on the same CPU)."""
+
+def run_parts_on_pool(fn, nparts):
+    """(results, pool): run_parts, and which threads ran parts 1.. ("openmp", "own", or
+    what fell back and why; a fallback warns, or raises under GPURNN_STRICT=1).
+
+    Parts 1.. run on the OpenMP team or our own pool (pool_choice), pinned, for the call,
+    to cores other than the caller's: a thread woken from sleep is otherwise often placed
+    on the caller's core (the kernel's wake-affine heuristic), and two parts on one core
+    turn every barrier into a pair of context switches (B=1 LSTM at 2 threads: 8-9 ms
+    instead of 3.5 ms for the first ~50 ms after an idle pause, measured; the parts were
+    seen on the same CPU)."""
     if nparts == 1:
-        return [fn(0)]
-    plan = _core_plan(nparts)
-    pool = _executor(nparts - 1)
-    if plan is None:
-        futures = [pool.submit(fn, part) for part in range(1, nparts)]
+        return [fn(0)], None
+    parts = _Parts(fn, nparts)
+    pool, why_not = pool_choice()
+    if pool == "openmp":
+        results = _openmp_team().run(parts)
+        if parts.short is None:
+            return results, pool
+        why_not = (f"the OpenMP team had {parts.short} of {nparts} threads; parts "
+                   f"{parts.short}.. ran on gpurnn's own pool")
+        pool = "openmp+own"
     else:
-        allowed, cores = plan
-        futures = [pool.submit(_pinned, fn, part, core, allowed)
-                   for part, core in zip(range(1, nparts), cores)]
-    try:
-        first = fn(0)
-    finally:
-        rest = [f.result() for f in futures]
-    return [first] + rest
+        futures = parts.on_own_pool(range(1, nparts))
+        try:
+            parts.run(0)
+        finally:
+            for future in futures:
+                future.result()
+        results = parts.outcome()
+    if why_not is None:
+        return results, pool
+    from ..contract import decline
+    decline(f"gpurnn cpu: parts not on the OpenMP team ({why_not})")
+    return results, f"{pool} ({why_not})"
 
 
 def _blas_controller():
@@ -219,8 +437,10 @@ def single_threaded_blas():
 
 
 def _after_fork_in_child():
-    global _pool, _pool_size, _pool_lock, _loadavg_fd
-    _pool_lock = threading.Lock()
+    global _pool, _pool_size, _pool_lock, _loadavg_fd, _team, _team_lock
+    _pool_lock, _team_lock = threading.Lock(), threading.Lock()
+    _team = "forked"                  # libgomp's threads did not survive the fork either, and
+                                      # its pool would wait for them: our own pool from here
     _loadavg_fd = None                # the child's own descriptor (the parent's stays open)
     _pool, _pool_size = None, 0       # its threads did not survive the fork
     _blas.after_fork_in_child()
