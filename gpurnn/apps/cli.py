@@ -543,16 +543,10 @@ def collect_info():
 
 def _cpu_pool():
     """Which threads the cpu backend's split recurrence runs its parts 1.. on here."""
-    from gpurnn.cpu.parallel import pool_choice
-    pool, why_not = pool_choice()
-    mode = os.environ.get("GPURNN_CPU_POOL") or "auto"
-    if pool == "openmp":
-        return f"the calling thread's OpenMP team (GPURNN_CPU_POOL={mode})"
-    if why_not:
-        return f"gpurnn's own (not the OpenMP team: {why_not})"
-    if mode == "own":
-        return "gpurnn's own (GPURNN_CPU_POOL=own)"
-    return "gpurnn's own here; torch's OpenMP team in a process that imports torch (GPURNN_CPU_POOL=auto)"
+    import gpurnn
+    if "cpu" not in gpurnn.available_backends():
+        return "none (no cpu backend here: pip install numba)"
+    return gpurnn.get_backend("cpu").pool_path()
 
 
 def _toolkit_packages():

@@ -30,6 +30,8 @@ pools of busy-waiting workers on the same cores cost the training step 2.3x at 2
 106 vs 46 ms, RESULTS_cpu.md Tuning log 8). tape["plan"] (and the backward's
 DirectionGrads.plan) says how each call split.
 """
+import os
+
 import numpy as np
 
 from ..contract import DirectionGrads, HostBackend, decline
@@ -136,6 +138,22 @@ class CpuBackend(HostBackend):
         why = "; ".join(filter(None, [declined and f"MKL declined: {declined}", chosen,
                                       slow and f"loop in Python: {slow}"]))
         return f"{library}, time loop in {loop}" + (f" ({why})" if why else "")
+
+    @staticmethod
+    def pool_path():
+        """One line: the threads a split layer's parts 1.. run on, from this thread, and why
+        (``gpurnn info``'s "cpu thread pool"; parallel.pool_choice)."""
+        from .parallel import pool_choice
+        pool, why_not = pool_choice()
+        mode = os.environ.get("GPURNN_CPU_POOL") or "auto"
+        if pool == "openmp":
+            return f"the calling thread's OpenMP team (GPURNN_CPU_POOL={mode})"
+        if why_not:
+            return f"gpurnn's own (not the OpenMP team: {why_not})"
+        if mode == "own":
+            return "gpurnn's own (GPURNN_CPU_POOL=own)"
+        return ("gpurnn's own here; torch's OpenMP team in a process that imports torch "
+                "(GPURNN_CPU_POOL=auto)")
 
     @staticmethod
     def _loop(products):
