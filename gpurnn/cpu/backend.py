@@ -207,6 +207,8 @@ class CpuBackend(HostBackend):
         dtype = w_hh.dtype
         steps = np.full(B, T, np.int64) if lengths is None else np.ascontiguousarray(lengths, np.int64)
         products, declined, chosen = self._products(dtype)
+        if T == 1 and products == "mkl" and self.gemm == "auto":   # (sampling, step by step)
+            products, chosen = "openblas", "one step: MKL would pack W_hh for one product"
         loop, slow_loop = self._loop(products)
         plan = Plan(T, B, H, GH, self._threads(), self.split, products, loop)
 

@@ -16,7 +16,7 @@ What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LS
 
 A ``Plan`` (per layer call) says how the loop splits over ``nparts`` threads; every part
 runs its own function call, all at once (Plan.run, parallel.run_parts):
-  * "units", small per-step products (B <= 8, _is_small): part p owns a block of hidden
+  * "units", small per-step products (B <= 8, _is_small) over T > 1 steps: part p owns a block of hidden
     units, the whole loop is one njit call per part (forward_small / backward_small) with
     the products done by _accumulate_product on this part's 1/nparts of W_hh (which then
     stays in its core's L2), no BLAS; the parts meet at a spin barrier (sync.py) once per
@@ -146,6 +146,22 @@ def _accumulate_product(coef, rows, c0, out):
 
 
 @stable_jit("small", inline="always")
+def _copy_into(src, dst):
+    """dst[j] = src[j], 1-D views of one length. Loops, not ``dst[:] = src``: an array
+    assigned into a slice makes Numba compile its shape-mismatch message (str formatting
+    of tuples), ~5 of the main job's ~21 s cold JIT (measured with numba's compile events)."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@stable_jit("small", inline="always")
+def _add_into(src, dst):
+    """dst[j] += src[j] (``dst += src`` on a slice would assign it back: see _copy_into)."""
+    for j in range(dst.shape[0]):
+        dst[j] += src[j]
+
+
+@stable_jit("small", inline="always")
 def _unit_range(part, nparts, H):
     """Hidden units [u0, u1) of one part: equal chunks in multiples of 16 (one AVX-512 vector
     of float32), so that only the last part has a ragged edge."""
@@ -179,10 +195,10 @@ def _step_loops(key, forward_row, backward_row):
         for b in range(b0, b1):
             if t < lengths[b]:
                 forward_row(gx[t, b], gh[b - b0], bias, st, t, b, aux[t, b], u0, u1)
-                out[t, b, u0:u1] = st[0, t + 1, b, u0:u1]
+                _copy_into(st[0, t + 1, b, u0:u1], out[t, b, u0:u1])
             else:   # past this row's length: carry the state, output zeros
                 for s in range(st.shape[0]):
-                    st[s, t + 1, b, u0:u1] = st[s, t, b, u0:u1]
+                    _copy_into(st[s, t, b, u0:u1], st[s, t + 1, b, u0:u1])
                 for a in range(aux.shape[2] // H):
                     aux[t, b, a * H + u0:a * H + u1] = 0
                 out[t, b, u0:u1] = 0
@@ -245,7 +261,8 @@ def _step_loops(key, forward_row, backward_row):
         G = dgx.shape[2] // H
         # w[g*n + j] = W_hh[g*H + u0 + j]
         for g in range(G):
-            w[g * n:(g + 1) * n] = w_hh[g * H + u0:g * H + u1]
+            for i in range(n):
+                _copy_into(w_hh[g * H + u0 + i], w[g * n + i])
         for t in range(T - 1, -1, -1):
             bwd_rows(t, 0, B, u0, u1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh)
             share = partial[t % 2, part]
@@ -258,7 +275,7 @@ def _step_loops(key, forward_row, backward_row):
             for b in range(B):
                 if t < lengths[b]:
                     for q in range(nparts):
-                        ds[0, b, u0:u1] += partial[t % 2, q, b, u0:u1]
+                        _add_into(partial[t % 2, q, b, u0:u1], ds[0, b, u0:u1])
 
     # ---- BLAS products (B > 8): a Python time loop per part, one BLAS call and one njit
     # call per step; the parts split the batch rows and never meet
@@ -280,7 +297,7 @@ def _step_loops(key, forward_row, backward_row):
                 _transpose_into(dh_recT, dh_rec)
             for b in range(b0, b1):
                 if t + 1 < lengths[b]:
-                    ds[0, b, :] += dh_rec[b - b0]
+                    _add_into(dh_rec[b - b0], ds[0, b])
         if t >= 0:
             bwd_rows(t, b0, b1, 0, st.shape[3], truncate, acts, st, aux, lengths, dout, ds, dgx,
                      dgh)
@@ -314,12 +331,11 @@ def _step_loops(key, forward_row, backward_row):
             T, H, n = dgx.shape[0], w_hh_t.shape[0], b1 - b0
             dh_rec, dh_recT = np.empty((n, H), dgx.dtype), np.empty((H, n), dgx.dtype)
             transposed = block == 0
-            for t in range(T - 1, -1, -1):
+            for t in range(T - 1, -2, -1):      # t = -1: the last product's add only (one
                 backward_step(t, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
-                              dh_rec, dh_recT, transposed)
-                products(dgh[t, b0:b1], w_hh_t, dh_rec, dh_recT, transposed, block)  # dgh W_hh
-            backward_step(-1, b0, b1, truncate, acts, st, aux, lengths, dout, ds, dgx, dgh,
-                          dh_rec, dh_recT, transposed)
+                              dh_rec, dh_recT, transposed)      # call site: one compile)
+                if t >= 0:
+                    products(dgh[t, b0:b1], w_hh_t, dh_rec, dh_recT, transposed, block)  # dgh W_hh
         products = compile(products)
         return compile(forward_rows_blas), compile(backward_rows_blas)
 
@@ -419,7 +435,7 @@ def aligned_empty(shape, dtype, align=64):
 class Plan:
     """How one layer-direction's recurrence is split over threads.
 
-    kind "units": B <= 8 (``_is_small``), njit products, parts own hidden units and meet
+    kind "units": B <= 8 (``_is_small``) and T > 1, njit products, parts own hidden units and meet
                   at a spin barrier every step (``step_flags``; ``partial`` for the backward;
                   each part's copy of its share of W_hh from ``weight_copy``).
     kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop;
@@ -439,7 +455,9 @@ class Plan:
             threads = 1
         self.library = products          # the big GEMMs' BLAS (Plan.gemm)
         self.busy = None                 # "units": cores found taken (cores_free), if any
-        if _is_small(B, H, GH):
+        if _is_small(B, H, GH) and T > 1:   # one step (sampling) has no loop to keep W_hh
+                                             # in cache over: the rows kernels, compiled for
+                                             # training already (4.5 s less cold JIT)
             self.kind, self.nparts = "units", max(1, min(threads, H // rules.units_per_part))
             self.products = "njit"
             self._fit_to_free_cores()
