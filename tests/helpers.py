@@ -1,7 +1,9 @@
 """Shared test utilities: model construction, random inputs, loss probes, error norms."""
+import numba
 import numpy as np
 
 import gpurnn
+from gpurnn.cpu.sync import FLAG_STRIDE, barrier
 
 ALL_CELLS = gpurnn.cells.TORCH_CELLS       # torch's four: the torch-style RNN/LSTM/GRU API
 EVERY_CELL = gpurnn.cells.BUILTIN_CELLS    # every cell gpurnn ships (gpurnn.Recurrent)
@@ -119,3 +121,18 @@ def backend_or_skip(factory, name):
     except (ImportError, gpurnn.BackendUnavailable) as exc:
         pytest.skip(f"backend {name} cannot run here: {exc}")
     return impl
+
+
+
+@numba.njit(nogil=True)
+def exchange_steps(part, nparts, flags, slots, steps, errors):
+    """Each step every part writes its slot, meets the others at the spin barrier, counts in
+    errors[part] the slots not yet at this step, and meets again: a part that does not run
+    at the same time as the others hangs it (the barrier's and the pools' tests)."""
+    for step in range(1, steps + 1):
+        slots[part * FLAG_STRIDE] = step
+        barrier(flags, part, nparts, 2 * step - 1)
+        for other in range(nparts):
+            if slots[other * FLAG_STRIDE] != step:
+                errors[part] += 1
+        barrier(flags, part, nparts, 2 * step)

@@ -16,7 +16,8 @@ import pytest
 import gpurnn
 from gpurnn import contract
 from gpurnn.cpu import CpuBackend, kernels, parallel
-from gpurnn.cpu.sync import FLAG_STRIDE, barrier, new_flags
+from gpurnn.cpu.sync import FLAG_STRIDE, new_flags
+from helpers import exchange_steps
 
 torch = pytest.importorskip("torch")
 
@@ -41,7 +42,8 @@ def test_pool_choice_follows_the_variable(monkeypatch, team):
     monkeypatch.setenv("GPURNN_CPU_POOL", "own")
     assert parallel.pool_choice() == ("own", None)
     monkeypatch.setenv("GPURNN_CPU_POOL", "gomp")
-    with pytest.raises(ValueError, match=r"GPURNN_CPU_POOL must be one of auto, own, openmp, got 'gomp'"):
+    with pytest.raises(ValueError,
+                       match=r"GPURNN_CPU_POOL must be one of auto, own, openmp, got 'gomp'"):
         parallel.pool_choice()
 
 
@@ -63,18 +65,6 @@ def test_the_team_is_torchs(team):
     assert threads() == before and {str(w) for w in workers} <= before
 
 
-@numba.njit(nogil=True)
-def _exchange(part, nparts, flags, slots, steps, errors):
-    """Each step every part writes its slot, meets the others, checks theirs, meets again."""
-    for step in range(1, steps + 1):
-        slots[part * FLAG_STRIDE] = step
-        barrier(flags, part, nparts, 2 * step - 1)
-        for other in range(nparts):
-            if slots[other * FLAG_STRIDE] != step:
-                errors[part] += 1
-        barrier(flags, part, nparts, 2 * step)
-
-
 @pytest.mark.parametrize("nparts", [2, 3])
 def test_parts_run_at_once_on_distinct_threads_in_order(nparts, team):
     flags = new_flags(nparts)
@@ -83,7 +73,7 @@ def test_parts_run_at_once_on_distinct_threads_in_order(nparts, team):
     steps = 5000 if nparts <= parallel.recurrence_threads() else 300
 
     def part(p):
-        _exchange(p, nparts, flags, slots, steps, errors)   # hangs unless all run at once
+        exchange_steps(p, nparts, flags, slots, steps, errors)   # hangs unless all run at once
         return p, threading.get_native_id()
     results, pool = parallel.run_parts_on_pool(part, nparts)
     assert pool == "openmp"
@@ -119,7 +109,7 @@ def test_short_team_runs_the_rest_on_own_pool(monkeypatch, team):
     flags, slots, errors = new_flags(2), np.zeros(2 * FLAG_STRIDE, np.int64), np.zeros(2, np.int64)
 
     def part(p):
-        _exchange(p, 2, flags, slots, 200, errors)
+        exchange_steps(p, 2, flags, slots, 200, errors)
         return p
     with pytest.warns(RuntimeWarning, match="the OpenMP team had 1 of 2 threads"):
         results, pool = parallel.run_parts_on_pool(part, 2)
@@ -182,7 +172,8 @@ def test_results_are_bitwise_the_same_on_either_pool(monkeypatch, cell, batch, t
         dx, _ = model.backward(dout)
         runs[pool] = [out, dx, *(g.copy() for g in model.grads.values())]
         plans = model.last_plans
-        assert {p["pool"] for d in ("forward", "backward") for layer in plans[d] for p in layer} == {pool}
+        pools = {p["pool"] for d in ("forward", "backward") for layer in plans[d] for p in layer}
+        assert pools == {pool}
     for own, team_result in zip(runs["own"], runs["openmp"]):
         np.testing.assert_array_equal(own, team_result)
 

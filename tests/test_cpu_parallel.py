@@ -15,8 +15,8 @@ import gpurnn
 from gpurnn.cpu import CpuBackend
 from gpurnn.cpu import kernels
 from gpurnn.cpu.parallel import recurrence_threads, run_parts, single_threaded_blas
-from gpurnn.cpu.sync import FLAG_STRIDE, barrier, new_flags
-from helpers import rel_err
+from gpurnn.cpu.sync import FLAG_STRIDE, new_flags
+from helpers import exchange_steps, rel_err
 
 CELLS = {"rnn_tanh": (gpurnn.RNN, {}), "rnn_relu": (gpurnn.RNN, {"nonlinearity": "relu"}),
          "lstm": (gpurnn.LSTM, {}), "gru": (gpurnn.GRU, {})}
@@ -73,25 +73,13 @@ def test_target_shapes_split_by_default():
     assert kernels.Plan(100, 12, 256, 1024, threads=1).describe() == ("rows", 1)  # threads
 
 
-@numba.njit(nogil=True)
-def _exchange(part, nparts, flags, slots, steps, errors):
-    """Each step every part writes its slot, meets the others, checks theirs, meets again."""
-    for step in range(1, steps + 1):
-        slots[part * FLAG_STRIDE] = step
-        barrier(flags, part, nparts, 2 * step - 1)
-        for other in range(nparts):
-            if slots[other * FLAG_STRIDE] != step:
-                errors[part] += 1
-        barrier(flags, part, nparts, 2 * step)
-
-
 @pytest.mark.parametrize("nparts", [2, 3])
 def test_barrier_orders_every_step(nparts):
     flags = new_flags(nparts)
     slots = np.zeros(nparts * FLAG_STRIDE, np.int64)
     errors = np.zeros(nparts, np.int64)
     steps = 20000 if nparts <= recurrence_threads() else 500   # 3 parts on 2 cores: yields
-    run_parts(lambda p: _exchange(p, nparts, flags, slots, steps, errors), nparts)
+    run_parts(lambda p: exchange_steps(p, nparts, flags, slots, steps, errors), nparts)
     assert errors.tolist() == [0] * nparts
     assert flags[::FLAG_STRIDE].tolist() == [2 * steps] * nparts + [0]   # + the abort flag
 

@@ -16,9 +16,9 @@ What it computes (shapes: T steps, B rows, H hidden units, G gates = 1 RNN, 4 LS
 
 A ``Plan`` (per layer call) says how the loop splits over ``nparts`` threads; every part
 runs its own function call, all at once (Plan.run, parallel.run_parts):
-  * "units", small per-step products (B <= 8, _is_small) over T > 1 steps: part p owns a block of hidden
-    units, the whole loop is one njit call per part (forward_small / backward_small) with
-    the products done by _accumulate_product on this part's 1/nparts of W_hh (which then
+  * "units", small per-step products (B <= 8, _is_small) over T > 1 steps: part p owns a
+    block of hidden units, the whole loop is one njit call per part (forward_small /
+    backward_small) with the products done by _accumulate_product on this part's 1/nparts of W_hh (which then
     stays in its core's L2), no BLAS; the parts meet at a spin barrier (sync.py) once per
     step, since every unit of step t+1 needs all of h_t.
   * "rows", otherwise: part p owns a block of batch rows. Rows are independent, so these
@@ -435,9 +435,9 @@ def aligned_empty(shape, dtype, align=64):
 class Plan:
     """How one layer-direction's recurrence is split over threads.
 
-    kind "units": B <= 8 (``_is_small``) and T > 1, njit products, parts own hidden units and meet
-                  at a spin barrier every step (``step_flags``; ``partial`` for the backward;
-                  each part's copy of its share of W_hh from ``weight_copy``).
+    kind "units": B <= 8 (``_is_small``) and T > 1, njit products, parts own hidden units
+                  and meet at a spin barrier every step (``step_flags``; ``partial`` for the
+                  backward; each part's copy of its share of W_hh from ``weight_copy``).
     kind "rows":  BLAS products per step, parts own batch rows and never meet in the loop;
                   ``products`` "mkl" (packed, the loop in njit) or "openblas" (NumPy's,
                   the loop in njit where ``loop`` is "njit", else in Python with

@@ -25,9 +25,10 @@ thread) spin ~5-10 ms after every torch op, on the very cores our parts need; a 
 to a thread of our own pool then shares a core with a spinning worker until it sleeps.
 So where an OpenMP runtime is loaded and torch is imported, the parts run *on* the calling
 thread's OpenMP team (GOMP_parallel with a ctypes callback, as a torch op would): the
-spinning worker takes part 1 at once instead of competing with it (GRU T=64 B=32 H=256
-interleaved with torch.nn.GRU: 0.53 -> 0.48 of torch's time, Xeon; RESULTS_cpu.md,
-Tuning log 24). Elsewhere (no torch, GPURNN_CPU_POOL=own) our own pool runs them.
+spinning worker takes part 1 at once instead of competing with it (taking turns with
+torch.nn in one process: LSTM T=64 B=32 H=256 28.3 -> 20.4 ms, GRU 21.1 -> 15.1 ms, AMD
+EPYC; RESULTS_cpu.md, Tuning log 24). Elsewhere (no torch, GPURNN_CPU_POOL=own) our own
+pool runs them.
 
 Fork: a child process inherits the pool object but not its threads, and a part handed to
 it would never start while part 0 spins at the barrier. ``os.register_at_fork`` drops the
