@@ -16,7 +16,7 @@ import pytest
 import gpurnn
 from gpurnn import contract
 from gpurnn.cpu import CpuBackend, kernels, parallel
-from gpurnn.cpu.sync import FLAG_STRIDE, new_flags
+from gpurnn.cpu.sync import FLAG_STRIDE, meet, new_flags
 from helpers import exchange_steps
 
 torch = pytest.importorskip("torch")
@@ -135,25 +135,15 @@ def test_inside_a_parallel_region_uses_own_pool(monkeypatch, team):
 def test_busy_team_worker_is_counted_as_running(team):
     """workers_running() sees a team thread that is running a part (as it sees one spinning
     after a torch op), so cores_free does not count that core as taken."""
+    import time
     flags = new_flags(2)
     seen = []
 
-    @numba.njit(nogil=True)
-    def spin_until(flags, index):
-        n = 0
-        while flags[index] == 0:
-            n += 1
-        return n
-
     def part(p):
-        if p == 1:
-            flags[FLAG_STRIDE] = 0
-            spin_until(flags, 0)
-        else:
-            import time
-            time.sleep(0.05)                    # part 1 is spinning by now
-            seen.append(team.workers_running())
-            flags[0] = 1
+        if p == 0:
+            time.sleep(0.05)               # part 1 waits at the meeting (spins, then yields:
+            seen.append(team.workers_running())   # runnable either way) until part 0 comes
+        meet(flags, p, 2, 1)
     parallel.run_parts(part, 2)
     assert seen[0] >= 1
 

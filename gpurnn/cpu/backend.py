@@ -30,8 +30,6 @@ pools of busy-waiting workers on the same cores cost the training step 2.3x at 2
 106 vs 46 ms, RESULTS_cpu.md Tuning log 8). tape["plan"] (and the backward's
 DirectionGrads.plan) says how each call split.
 """
-import os
-
 import numpy as np
 
 from ..contract import DirectionGrads, HostBackend, decline
@@ -143,9 +141,9 @@ class CpuBackend(HostBackend):
     def pool_path():
         """One line: the threads a split layer's parts 1.. run on, from this thread, and why
         (``gpurnn info``'s "cpu thread pool"; parallel.pool_choice)."""
-        from .parallel import pool_choice
+        from .parallel import pool_choice, pool_mode
         pool, why_not = pool_choice()
-        mode = os.environ.get("GPURNN_CPU_POOL") or "auto"
+        mode = pool_mode()
         if pool == "openmp":
             return f"the calling thread's OpenMP team (GPURNN_CPU_POOL={mode})"
         if why_not:

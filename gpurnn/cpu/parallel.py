@@ -269,7 +269,8 @@ class _OpenMPTeam:
                 if fd is not None:
                     os.close(fd)
                 continue
-            running += stat[stat.rindex(b")") + 2:stat.rindex(b")") + 3] == b"R"
+            state = stat.rindex(b")") + 2          # the field after "(comm) "
+            running += stat[state:state + 1] == b"R"
         return running
 
 
@@ -291,14 +292,20 @@ def _openmp_team():
     return _team if isinstance(_team, _OpenMPTeam) else None
 
 
-def pool_choice():
-    """(pool, why not "openmp"): which threads run parts 1.. of the next run_parts call
-    from this thread. GPURNN_CPU_POOL: "auto" (default) the OpenMP team where torch is
-    imported and an OpenMP runtime is loaded, "openmp" wherever one is loaded, "own"
-    never. Where the team was wanted but cannot serve, why (a fallback: Plan records it)."""
-    mode = os.environ.get("GPURNN_CPU_POOL", "auto") or "auto"
+def pool_mode():
+    """GPURNN_CPU_POOL, checked: "auto" (default, also when empty), "own" or "openmp"."""
+    mode = os.environ.get("GPURNN_CPU_POOL") or "auto"
     if mode not in POOLS:
         raise ValueError(f"GPURNN_CPU_POOL must be one of {', '.join(POOLS)}, got {mode!r}")
+    return mode
+
+
+def pool_choice():
+    """(pool, why not "openmp"): which threads run parts 1.. of the next run_parts call
+    from this thread. pool_mode() "auto": the OpenMP team where torch is imported and an
+    OpenMP runtime is loaded, "openmp" wherever one is loaded, "own" never. Where the team
+    was wanted but cannot serve, why (a fallback: Plan records it)."""
+    mode = pool_mode()
     if mode == "own" or (mode == "auto" and "torch" not in sys.modules):
         return "own", None
     team = _openmp_team()
@@ -339,11 +346,9 @@ def run_parts_on_pool(fn, nparts):
         pool = "openmp+own"
     else:
         futures = parts.on_own_pool(range(1, nparts))
-        try:
-            parts.run(0)
-        finally:
-            for future in futures:
-                future.result()
+        parts.run(0)                  # keeps its error for outcome(): the others are waited for
+        for future in futures:
+            future.result()
         results = parts.outcome()
     if why_not is None:
         return results, pool
