@@ -34,7 +34,7 @@ Arrays are the backend's native arrays (``backend.xp``: numpy, or cupy on a GPU)
 other members: ``name``, ``xp``, ``dtypes``, ``is_available()``, ``asarray(a, dtype)``,
 and ``to_user(a, like)`` (native result -> the kind of array the user passed).
 
-Two more members serve the code AROUND the layers (an output layer, a training step), so
+Three more members serve the code AROUND the layers (an output layer, a training step), so
 that a model never needs to know one backend's internals:
 
     matmul(a, b)       a (M, K) @ b (K, N) -> a new (M, N) native array. The CPU backend
@@ -46,6 +46,11 @@ that a model never needs to know one backend's internals:
                        spinning on the cores the next layer call splits over: training step
                        83 vs 46 ms at 2 threads, benchmarks/RESULTS_train.md); numpy and
                        cuda: nothing (contextlib.nullcontext).
+    run_rows(n, fn)    fn(r0, r1) for consecutive shares [r0, r1) of the rows 0..n-1, the
+                       results in share order: a row-wise pass of model code (the output
+                       layer's GEMMs and loss on its rows) as ONE split over the backend's
+                       threads, each share with one-thread BLAS, instead of one split per
+                       product; numpy and cuda: [fn(0, n)].
 
 Two optional hooks, for code that runs a layer whose recurrence is a linear map of the
 cell's output (the LSTM projection, gpurnn.projection; a backend declares them with
@@ -63,8 +68,9 @@ plan (tape["plan"]["declined"]) and calls ``decline(text)``, which warns once pe
 per process, or raises FallbackError where GPURNN_STRICT=1 (a benchmark or a check that
 must know the fast path ran).
 
-Both are optional for a backend: call them through ``matmul(backend, a, b)`` and
-``compute_scope(backend)`` below, which fall back to the defaults for a backend object
+All three are optional for a backend: call them through ``matmul(backend, a, b)``,
+``compute_scope(backend)`` and ``run_rows(backend, n, fn)`` below, which fall back to the
+defaults for a backend object
 that does not define them. ``HostBackend`` gives a backend on NumPy arrays (numpy, cpu)
 xp, asarray, to_user and the defaults in one place.
 """
@@ -108,6 +114,9 @@ class HostBackend:
     def compute_scope(self):
         return contextlib.nullcontext()
 
+    def run_rows(self, n, fn):
+        return [fn(0, n)]
+
 
 def matmul(backend, a, b):
     """``backend.matmul(a, b)``, or ``backend.xp.matmul(a, b)`` where it has none."""
@@ -119,6 +128,12 @@ def compute_scope(backend):
     """``backend.compute_scope()``, or a context that does nothing where it has none."""
     own = getattr(backend, "compute_scope", None)
     return own() if own is not None else contextlib.nullcontext()
+
+
+def run_rows(backend, n, fn):
+    """``backend.run_rows(n, fn)``, or ``[fn(0, n)]`` where it has none."""
+    own = getattr(backend, "run_rows", None)
+    return own(n, fn) if own is not None else [fn(0, n)]
 
 
 class FallbackError(RuntimeError):

@@ -62,13 +62,40 @@ def test_fused_head_matches_the_formulas_and_the_plain_path(rng, dtype, reductio
         np.testing.assert_allclose(got[2]["bias"], db, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_head_split_into_row_shares_on_the_cpu_backend(rng, dtype):
+    """On backend="cpu" each share of the rows (run_rows: 3 threads, 64+ rows a share) runs
+    its GEMMs and passes; the shares' dW, db and loss summed match the formulas."""
+    from gpurnn.cpu.backend import CpuBackend
+    N, Hd, V = 211, 13, 11                      # 70, 70, 71 rows
+    head = OutputLayer(Hd, V, dtype, seed=3, backend=CpuBackend(threads=3))
+    head.parameters()["bias"][:] = rng.standard_normal(V)
+    h = (2 * rng.standard_normal((N, Hd))).astype(dtype)
+    y = rng.integers(0, V, N)
+    loss, dw, db, dh = reference_head(h, head.parameters()["weight"], head.parameters()["bias"],
+                                      y, "mean")
+    got_loss, got_dh = head.loss_and_backward(h, y)
+    assert head.path == "fused"
+    assert sorted(k[1] for k in head._buffers if k[0] == "dw") == [0, 70, 140]
+    assert got_loss == pytest.approx(loss, rel=TOL[dtype]["rtol"])
+    np.testing.assert_allclose(got_dh, dh, **TOL[dtype])
+    np.testing.assert_allclose(head.grads["weight"], dw, **TOL[dtype])
+    np.testing.assert_allclose(head.grads["bias"], db, **TOL[dtype])
+    y[150] = V                                  # a bad id in the last share: nothing accumulated
+    before = {k: g.copy() for k, g in head.grads.items()}
+    with pytest.raises(ValueError, match=rf"got {V} \(entry 150\)"):
+        head.loss_and_backward(h, y)
+    for name, g in head.grads.items():
+        np.testing.assert_array_equal(g, before[name])
+
+
 def test_fused_head_keeps_its_buffers_and_accumulates(rng):
     fused, plain = heads(5, 7, "float32", rng)
     h, y = rng.standard_normal((3, 4, 5)).astype(np.float32), rng.integers(0, 7, (3, 4))
     for layer in (fused, plain):
         layer.loss_and_backward(h, y)
     buffers = {k: id(v) for k, v in fused._buffers.items()}
-    assert set(buffers) == {"targets", "target_shift", "db"}
+    assert set(buffers) == {"targets", "target_shift", "dlogits", ("db", 0), ("dw", 0)}
     for layer in (fused, plain):
         layer.loss_and_backward(h, y.T.copy().T)        # non-contiguous targets
     assert {k: id(v) for k, v in fused._buffers.items()} == buffers      # reused

@@ -95,6 +95,12 @@ class CpuBackend(HostBackend):
         from .kernels import split_matmul
         return split_matmul(a, b, self.threads, self._products(np.result_type(a, b))[0])
 
+    def run_rows(self, n, fn):
+        """fn(r0, r1) on shares of the rows 0..n-1 over this backend's threads, one-thread
+        BLAS in each (kernels.split_rows): the contract's run_rows."""
+        from .kernels import split_rows
+        return split_rows(n, fn, self.threads)
+
     def compute_scope(self):
         """BLAS held to one thread while a model step runs (parallel.single_threaded_blas)."""
         from .parallel import single_threaded_blas

@@ -578,17 +578,23 @@ def gemm(a, b, out, part=0, nparts=1, library="openblas"):
         np.matmul(a[r0:r1], b, out=out[r0:r1])
 
 
-def split_matmul(a, b, threads=None, library="openblas"):
-    """a @ b with the rows of the result split over ``threads`` parts (default: the
-    recurrence's thread count), each a one-thread BLAS call. For products next to the
-    layers (an output layer) in a loop that uses backend="cpu": a threaded BLAS call there
-    leaves OpenBLAS's workers spinning ~100 ms on the cores the next layer call splits over.
-    a (M, K), b (K, N); returns a new (M, N) array."""
+def split_rows(n, fn, threads=None):
+    """fn(r0, r1) for the shares [r0, r1) of rows 0..n-1 split over ``threads`` parts
+    (default: the recurrence's thread count; at least 64 rows a part), concurrently, each
+    with one-thread BLAS; the results in share order. For model code next to the layers
+    (an output layer) in a loop that uses backend="cpu": a threaded BLAS call there leaves
+    OpenBLAS's workers spinning ~100 ms on the cores the next layer call splits over."""
     nparts = recurrence_threads() if threads is None else threads
-    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
-    nparts = max(1, min(nparts, a.shape[0] // 64))     # at least 64 rows a part
+    nparts = max(1, min(nparts, n // 64))
     with single_threaded_blas():
-        run_parts(lambda p: gemm(a, b, out, p, nparts, library), nparts)
+        return run_parts(lambda p: fn(*share(n, p, nparts)), nparts)
+
+
+def split_matmul(a, b, threads=None, library="openblas"):
+    """a @ b with the rows of the result split over ``threads`` parts (split_rows), each a
+    one-thread BLAS call. a (M, K), b (K, N); returns a new (M, N) array."""
+    out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    split_rows(a.shape[0], lambda r0, r1: gemm(a[r0:r1], b, out[r0:r1], library=library), threads)
     return out
 
 

@@ -12,16 +12,17 @@ by the number of symbols and by ln 2 it is bits per character (bpc).
 ``cross_entropy`` fuses softmax and the log-likelihood: it never forms probabilities that
 could under/overflow (log-sum-exp with the row maximum subtracted), and its gradient is
 the familiar softmax(O) - onehot(target). ``OutputLayer.loss_and_backward`` computes the
-same on host arrays as two GEMMs on the backend's matmul with compiled passes between them
-(gpurnn.train.fused: bias, shift, exp, normalise, log-likelihood, one-hot, scale, bias
-gradient, in buffers kept across steps).
+same on host arrays: on each share of the rows (the backend's run_rows: on "cpu" one split
+over its threads) the logits GEMM, the compiled passes (gpurnn.train.fused: bias, shift,
+exp, normalise, log-likelihood, one-hot, scale, bias gradient) and the dh and dW GEMMs,
+in buffers kept across steps.
 """
 import math
 
 import numpy as np
 
 from ..arrays import array_module, to_numpy
-from ..contract import decline, matmul
+from ..contract import decline, matmul, run_rows
 from ..validation import check_positive_int
 
 LN2 = math.log(2.0)
@@ -85,9 +86,10 @@ class OutputLayer:
     ``weight`` is (H, V) as in the lecture note's O = H W^(2) + b^(2) (not torch's (V, H)).
     Like the recurrent layers, ``parameters()`` are live arrays updated in place and
     ``grads`` accumulate over ``loss_and_backward`` calls until ``zero_grad``. Its arrays
-    are ``backend``'s (a name or a backend object, gpurnn.get_backend), and its three
-    products are the backend contract's ``matmul`` (on "cpu" split over the cores the way
-    the layers are).
+    are ``backend``'s (a name or a backend object, gpurnn.get_backend). Its three
+    products are, on the fused path, per share of the rows of the contract's ``run_rows``
+    (on "cpu" split over the cores the way the layers are); on the plain path, the
+    contract's ``matmul``.
 
     ``fused`` (default True): on NumPy arrays, everything between the GEMMs runs as the
     compiled passes of gpurnn.train.fused on buffers this layer keeps across calls; False,
@@ -144,13 +146,13 @@ class OutputLayer:
             decline(f"gpurnn OutputLayer: loss by array expressions, not the fused passes "
                     f"({self.path[7:]})")
         if self.path == "fused":
-            loss, dlogits = self._fused_loss(h2, targets, reduction)
+            loss, dh = self._fused_loss_and_backward(h2, targets, reduction)
         else:
             loss, dlogits = cross_entropy(self.logits(h2), self.xp.asarray(targets).reshape(-1), reduction)
             dlogits = dlogits.astype(self.dtype, copy=False)
             self.grads["bias"] += dlogits.sum(axis=0)
-        self.grads["weight"] += self._matmul(h2.T, dlogits)
-        dh = self._matmul(dlogits, self._params["weight"].T)
+            self.grads["weight"] += self._matmul(h2.T, dlogits)
+            dh = self._matmul(dlogits, self._params["weight"].T)
         return loss, dh.reshape(*lead, self.hidden_size)
 
     def _path(self, h2):
@@ -173,28 +175,50 @@ class OutputLayer:
             buf = self._buffers[name] = np.empty(shape, dtype)
         return buf
 
-    def _fused_loss(self, h2, targets, reduction):
-        """(loss, dlogits) as cross_entropy(h2 W + b, targets) computes them, in two compiled
-        passes over the GEMM's result (gpurnn.train.fused), plus db into grads["bias"].
-        h2 (N, H) NumPy; targets N integers in any shape."""
+    def _fused_loss_and_backward(self, h2, targets, reduction):
+        """(loss, dh) as the plain path computes them, and dW, db into ``grads``: the rows
+        of h2 (N, H) NumPy split into shares by the backend's ``run_rows``, each share
+        running its logits GEMM, the compiled passes (gpurnn.train.fused) and its dh and
+        partial-dW GEMMs while its logits are still in cache; the shares' dW, db and loss
+        are summed after, in share order. targets: N integers in any shape."""
         from . import fused
-        n = h2.shape[0]
+        n, V = h2.shape[0], self.vocab_size
         targets = np.asarray(targets)
         _check_xent(n, (targets.size,), reduction)
         ids = self._buffer("targets", (n,), np.int64)
         np.copyto(ids.reshape(targets.shape), targets, casting="same_kind")
         shift = self._buffer("target_shift", (n,), np.float64)
-        db = self._buffer("db", (self.vocab_size,), np.float64)
-        dlogits = self._matmul(h2, self._params["weight"])     # logits, then their gradient
-        bad = fused.softmax_xent_shift(dlogits, self._params["bias"], ids, shift)
-        if bad >= 0:
-            raise ValueError(f"targets: expected symbol ids in 0..{self.vocab_size - 1}, got "
-                             f"{ids[bad]} (entry {bad})")
-        np.exp(dlogits, out=dlogits)
-        mean = reduction == "mean"
-        nll = fused.softmax_xent_grad(dlogits, ids, shift, 1.0 / max(n, 1) if mean else 1.0, db)
-        self.grads["bias"] += db
-        return (nll / max(n, 1) if mean else nll), dlogits
+        dlogits = self._buffer("dlogits", (n, V), self.dtype)   # the logits, then their gradient
+        dh = np.empty((n, self.hidden_size), self.dtype)
+        w, bias = self._params["weight"], self._params["bias"]
+        scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0
+
+        def share(r0, r1):
+            """-> (first bad target row or -1, the share's nll, its db, its dW)."""
+            z, t, ts = dlogits[r0:r1], ids[r0:r1], shift[r0:r1]
+            np.matmul(h2[r0:r1], w, out=z)
+            bad = fused.softmax_xent_shift(z, bias, t, ts)
+            if bad >= 0:
+                return r0 + bad, 0.0, None, None
+            np.exp(z, out=z)
+            db = self._buffer(("db", r0), (V,), np.float64)
+            nll = fused.softmax_xent_grad(z, t, ts, scale, db)
+            dw = self._buffer(("dw", r0), w.shape, self.dtype)
+            np.matmul(h2[r0:r1].T, z, out=dw)
+            np.matmul(z, w.T, out=dh[r0:r1])
+            return -1, nll, db, dw
+
+        shares = run_rows(self.backend, n, share)
+        for bad, *_ in shares:
+            if bad >= 0:
+                raise ValueError(f"targets: expected symbol ids in 0..{V - 1}, got "
+                                 f"{ids[bad]} (entry {bad})")
+        nll = 0.0
+        for _, share_nll, db, dw in shares:     # nothing is accumulated before every share is checked
+            nll += share_nll
+            self.grads["bias"] += db
+            self.grads["weight"] += dw
+        return (nll / max(n, 1) if reduction == "mean" else nll), dh
 
     def nll(self, h, targets):
         """Summed -log P(x_t | x_<t) in nats, no gradient (evaluation)."""
