@@ -229,13 +229,20 @@ class CpuBackend(HostBackend):
         w_hh_t = None                              # W_hh^T for BLAS-step products (kept in the
         if plan.products == "openblas":            # tape for the backward's)
             w_hh_t = self._empty((H, GH), dtype)
-            transpose(w_hh, w_hh_t)
         forward_part, _ = recurrence_kernels(spec, dtype.name)
-        project = self._input_projection(x, w_ih, gx.reshape(T * B, GH), plan)
+        prepare, project = self._input_projection(x, w_ih, gx.reshape(T * B, GH), plan)
         if gx0 is not None:                        # the contract's hook: gx[0] += gx0
             gx0 = np.ascontiguousarray(gx0, dtype).reshape(B, GH)
 
         def part(p):
+            # The transposes run in part 0 while the other parts' threads wake (0.2-0.5 ms
+            # on a VM after an idle pause, RESULTS_train.md session 9), not before them.
+            if p == 0 and w_hh_t is not None:
+                transpose(w_hh, w_hh_t)                        # read after the meet below
+            if prepare is not None:                            # W_ih^T for the gather
+                if p == 0:
+                    prepare()
+                plan.meet(p)
             project(p)                                         # gx = X W_ih^T, by rows
             if gx0 is not None:                                # this part's rows of step 0
                 r0, r1 = share(T * B, p, plan.nparts)
@@ -303,18 +310,19 @@ class CpuBackend(HostBackend):
     # part(p) functions for the GEMMs with X, split as the plan's parts are.
     # x: (T, B, I) floats, or (T, B) int64 token ids (one-hot rows; gpurnn.tokens).
     def _input_projection(self, x, w_ih, gx2, plan):
-        """Writes gx2 (T*B, G*H) = X W_ih^T, this part's rows: a GEMM, or for token ids
-        a gather of rows of W_ih^T (one contiguous copy per token, cpu.tokens)."""
+        """(prepare, project): project(p) writes gx2 (T*B, G*H) = X W_ih^T, part p's rows:
+        a GEMM, or for token ids a gather of rows of W_ih^T (one contiguous copy per token,
+        cpu.tokens), which prepare() (None for the GEMM) must have written first."""
         from .kernels import share, transpose
         TB, n = gx2.shape[0], plan.nparts
         if not is_token_ids(x):
             x2 = x.reshape(TB, -1)
-            return lambda p: plan.gemm(x2, w_ih.T, gx2, p)
+            return None, lambda p: plan.gemm(x2, w_ih.T, gx2, p)
         from .tokens import gather_rows
         w_ih_t = self._empty(w_ih.shape[::-1], w_ih.dtype)     # (I, G*H): a row per id
-        transpose(w_ih, w_ih_t)
         ids = x.reshape(TB)
-        return lambda p: gather_rows(w_ih_t, ids, gx2, *share(TB, p, n))
+        return (lambda: transpose(w_ih, w_ih_t),
+                lambda p: gather_rows(w_ih_t, ids, gx2, *share(TB, p, n)))
 
     def _input_weight_grad(self, x, dgx2, dw_ih, plan):
         """Writes dw_ih (G*H, I) = dG_x^T X, this part's share: a GEMM by rows, or for
