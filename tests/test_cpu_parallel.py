@@ -155,9 +155,10 @@ def test_split_matmul_matches_numpy(threads, rng):
     np.testing.assert_allclose(split_matmul(at.T.T, b, threads), a @ b, rtol=1e-12, atol=1e-12)
 
 
-def test_output_layer_with_split_matmul(rng):
-    """The char LM's head on backend="cpu" computes its products with the contract's
-    matmul, which the CPU backend splits over its threads (split_matmul)."""
+def test_output_layer_split_over_the_cpu_backends_threads(rng):
+    """The char LM's head on backend="cpu" splits its rows over the backend's threads (the
+    contract's run_rows: kernels.split_rows; 280 rows, two shares) and matches the numpy
+    backend's one-share head."""
     from gpurnn.train.losses import OutputLayer
     h = rng.standard_normal((7, 40, 33))
     targets = rng.integers(0, 11, (7, 40))
