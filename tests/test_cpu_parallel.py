@@ -222,3 +222,11 @@ def test_cores_free_reads_the_machine():
     from gpurnn.cpu.parallel import cores_free
     free = cores_free()
     assert free is None or 0 <= free < len(os.sched_getaffinity(0))
+
+
+def test_the_njit_functions_parts_call_from_python_release_the_gil():
+    """The parts call these from Python on their own threads at once: one that held the
+    GIL would run them one part at a time (the token gather and scatter-add did)."""
+    from gpurnn.cpu import sync, tokens
+    for fn in (tokens.gather_rows, tokens.scatter_add_columns, kernels.transpose, sync.meet):
+        assert fn.targetoptions.get("nogil") is True, fn.py_func.__qualname__
