@@ -113,8 +113,8 @@ def status():
 @functools.lru_cache(maxsize=None)
 def cpu_vendor():
     """The CPU's vendor id ("GenuineIntel", "AuthenticAMD", ...) or "" where unknown. Read
-    once: reading /proc/cpuinfo took 33-170 us (the kernel asks every CPU for its clock),
-    and every float32 layer call asks (CpuBackend._products)."""
+    once: reading /proc/cpuinfo took 33-170 us here (measured; why it is that slow was not
+    checked), and every float32 layer call asks (CpuBackend._products)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
