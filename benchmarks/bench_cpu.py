@@ -291,13 +291,14 @@ def profile(cfg, repeats):
         "forward: input GEMM gx = X W_ih^T": split(lambda plan, p: plan.gemm(x2, w_ih.T, gx2, p)),
         "forward: recurrence (products + fused cell)": split(lambda plan, p: forward_part(
             plan, p, gx, w_hh, w_hh_t, np.zeros((2, G * H), f32), tape["lengths"], tape["st"], tape["aux"], out,
-            be.transposed_forward)),
+            be.transposed_forward, x2, w_ih)),        # (a fresh Plan's gemms is "rows": loop only)
         **({} if products == "mkl" else {
             "  of which the per-step BLAS products (B > 8)": split(products_only)}),
         "backward: recurrence (fused cell + products)": split(lambda plan, p: backward_part(
             plan, p, tape["acts"], tape["st"], tape["aux"], w_hh, w_hh_t, tape["lengths"],
-            0, dout, np.zeros((S, B, H), f32), dgx, dgx if spec.all_tied else np.empty_like(dgx)),
-            backward=True),
+            0, dout, np.zeros((S, B, H), f32), dgx, dgx if spec.all_tied else np.empty_like(dgx),
+            x2, tape["st"][0, :T].reshape(T * B, H), w_ih, None, np.empty((G * H, I), f32),
+            np.empty((G * H, H), f32)), backward=True),
         "backward: dX = dG W_ih": split(lambda plan, p: plan.gemm(d2, w_ih, np.empty((T * B, I), f32), p)),
         "backward: dW_ih = dG^T X": split(lambda plan, p: plan.gemm(d2.T, x2, np.empty((G * H, I), f32), p)),
         "backward: dW_hh = dG^T H_prev": split(lambda plan, p: plan.gemm(

@@ -337,10 +337,13 @@ def test_matches_torch(cell, rng):
 
 def test_need_dx_false_and_token_ids_run_no_dx_gemm(monkeypatch, rng):
     """The dX GEMM (dG_x W_ih) is not run at all for need_dx=False or token ids; token ids
-    run no GEMM with X either (the gather and the scatter-add replace them)."""
+    run no GEMM with X either (the gather and the scatter-add replace them). The GEMMs are
+    held to the caller's (plan.gemms "rows"), which the spy on kernels.gemm sees; the
+    "parts" ones run inside njit (test_gemms_in_parts_match_the_rows_path)."""
     from gpurnn.cpu import kernels
     calls = []
     real = kernels.gemm
+    monkeypatch.setattr(CpuBackend, "_njit_gemms_why", staticmethod(lambda plan: "test"))
     monkeypatch.setattr(kernels, "gemm", lambda a, b, out, *args: (calls.append(out.shape),
                                                                    real(a, b, out, *args)))
     be, spec = CpuBackend(poison=True), gpurnn.cells.get_cell("lstm")

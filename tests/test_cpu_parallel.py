@@ -57,8 +57,43 @@ def test_split_matches_reference(cell, batch, threads, plan, dtype, rng):
                         *(g.copy() for g in model.grads.values())])
     for direction_plans in cpu.last_plans.values():        # forward and backward
         assert [p["split"] for layer in direction_plans for p in layer] == [plan] * 4
+        assert {p.get("gemms") for layer in direction_plans for p in layer} == {
+            "parts" if plan[0] == "units" else None}
     for got, want in zip(*results):
         assert rel_err(got, want) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("need_dx", [True, False])
+def test_gemms_in_parts_match_the_rows_path(need_dx, rng):
+    """"units" parts doing their own units' GEMMs with X and W_ih inside their loop call
+    (plan.gemms "parts": X W_ih^T, dW_ih, dW_hh, their rows of dX) give what the GEMMs split
+    by rows around the loop give; every buffer poisoned, 3 parts over a ragged H."""
+    from gpurnn.cpu.backend import CpuBackend as Backend
+    spec = gpurnn.cells.get_cell("lstm")
+    B = 3
+    x = rng.standard_normal((T, B, I))
+    w_ih, w_hh = rng.standard_normal((4 * H, I)), rng.standard_normal((4 * H, H)) / 4
+    b = rng.standard_normal(4 * H)
+    dout = rng.standard_normal((T, B, H))
+    lengths = np.array([T, 4, 7])
+
+    class RowsOnly(Backend):
+        @staticmethod
+        def _njit_gemms_why(plan):
+            return "test"
+    results = []
+    for be in (Backend(poison=True, threads=3, split=SPLIT_SMALL),
+               RowsOnly(poison=True, threads=3, split=SPLIT_SMALL)):
+        out, state, tape = be.forward(spec, x, w_ih, w_hh, b, b, (None, None), lengths)
+        g = be.backward(tape, dout, (None, None), 3, need_dx=need_dx)
+        assert g.plan["split"] == ("units", 3)
+        results.append((g.plan["gemms"], [out, *state, g.dw_ih, g.dw_hh, g.db_ih, *g.dstate0]
+                        + ([g.dx] if need_dx else [])))
+        assert (g.dx is None) != need_dx
+    (parts, got), (rows, want) = results
+    assert (parts, rows) == ("parts", "rows (test)")
+    for a, b in zip(got, want):
+        assert rel_err(a, b) <= 1e-12
 
 
 def test_target_shapes_split_by_default():

@@ -9,6 +9,8 @@ Per layer-direction (shapes as gpurnn.reference: x (T, B, I), W_ih (G*H, I), W_h
   backward  backward_part(...)                   reverse steps, njit fused cell + dgh W_hh
             dX = dgx W_ih, dW_ih = dgx^T X, dW_hh = dgh^T H_prev (GEMMs), db = column sums
             (no dX with need_dx=False or token ids; their dW_ih is a scatter-add, cpu.tokens)
+  "units" split (B <= 8): each part does these GEMMs for its own units inside its loop call
+  where it can (tape["plan"]["gemms"]: "parts", else "rows" and why; _njit_gemms_why)
 
 The GEMMs go to MKL where one is found, the layer is float32 and the CPU is Intel's
 (gpurnn.cpu.mkl: the per-step products by its packed GEMM, the big ones by its plain one,
@@ -177,6 +179,8 @@ class CpuBackend(HostBackend):
         an error) or why OpenBLAS was chosen over it."""
         record = {"split": plan.describe(), "products": plan.products,
                   "pool": plan.pool}          # None: one part, on the caller
+        if plan.kind == "units":              # where the GEMMs with X and W_ih ran
+            record["gemms"] = plan.gemms + (f" ({plan.gemms_why})" if plan.gemms_why else "")
         if plan.kind == "rows" and plan.products == "openblas":
             record["loop"] = plan.loop
             rows = plan.rows(0)[1] - plan.rows(0)[0]     # part 0's; the others' differ by <= 1
@@ -233,8 +237,13 @@ class CpuBackend(HostBackend):
         prepare, project = self._input_projection(x, w_ih, gx.reshape(T * B, GH), plan)
         if gx0 is not None:                        # the contract's hook: gx[0] += gx0
             gx0 = np.ascontiguousarray(gx0, dtype).reshape(B, GH)
+        x2 = self._gemms_in_parts(plan, x, gx0, dtype)
 
         def part(p):
+            if plan.gemms == "parts":                          # all in one njit call
+                forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out,
+                             self.transposed_forward, x2, w_ih)
+                return
             # The transposes run in part 0 while the other parts' threads wake (0.2-0.5 ms
             # on a VM after an idle pause, RESULTS_train.md session 9), not before them.
             if p == 0 and w_hh_t is not None:
@@ -251,10 +260,10 @@ class CpuBackend(HostBackend):
                     gx[0, r0:r1] += gx0[r0:r1]
             plan.meet(p)
             forward_part(plan, p, gx, w_hh, w_hh_t, bias, steps, st, aux, out,
-                         self.transposed_forward)
+                         self.transposed_forward, x2[:0], w_ih)       # gx is written
         plan.run(part)
 
-        tape = dict(spec=spec, x=x, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
+        tape = dict(spec=spec, x=x, x2=x2, w_ih=w_ih, w_hh=w_hh, w_hh_t=w_hh_t, lengths=steps,
                     acts=gx if V else np.empty((T, B, 0), dtype),   # a cell saving nothing
                     st=st, aux=aux, plan_split=plan,                # keeps no gx
                     plan=self._plan_record(plan, declined, chosen, slow_loop),
@@ -286,15 +295,27 @@ class CpuBackend(HostBackend):
         dgx2, dgh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
         h_prev2 = st[0, :T].reshape(T * B, H)
         input_weight_grad = self._input_weight_grad(x, dgx2, dw_ih, plan)
+        # Which GEMMs the "units" parts run in their loop call (an array with no rows: none)
+        why = self._njit_gemms_why(plan)
+        hh_in_parts = why is None
+        x_in_parts = hh_in_parts and not is_token_ids(x)      # ids: the scatter-add, below
+        x2 = tape["x2"] if x_in_parts else tape["x2"][:0]
+        dx2 = dx.reshape(T * B, I) if need_dx and x_in_parts else x2[:0]
+        gemms = ("parts" if x_in_parts else "parts: dW_hh; dW_ih: the scatter-add after"
+                 if hh_in_parts else f"rows ({why})")
 
         def part(p):
             backward_part(plan, p, tape["acts"], st, tape["aux"], w_hh, tape["w_hh_t"],
-                          tape["lengths"], truncate, dout, ds, dgx, dgh)
+                          tape["lengths"], truncate, dout, ds, dgx, dgh, x2,
+                          h_prev2 if hh_in_parts else h_prev2[:0], w_ih, dx2, dw_ih, dw_hh)
+            if x_in_parts:                            # the weight GEMMs and dX ran in there
+                return
             plan.meet(p)
             if need_dx:
                 plan.gemm(dgx2, w_ih, dx.reshape(T * B, I), p)       # dX = dG_x W_ih
             input_weight_grad(p)                                     # dW_ih = dG_x^T X
-            plan.gemm(dgh2.T, h_prev2, dw_hh, p)                     # dW_hh = dG_h^T H_prev
+            if not hh_in_parts:
+                plan.gemm(dgh2.T, h_prev2, dw_hh, p)                 # dW_hh = dG_h^T H_prev
         plan.run(part)
         has_b_ih, has_b_hh = tape["has_bias"]
         db_ih = dgx2.sum(0) if has_b_ih else None
@@ -303,12 +324,39 @@ class CpuBackend(HostBackend):
             db_hh = db_ih.copy() if dgh is dgx and db_ih is not None else dgh2.sum(0)
         return DirectionGrads(dx=dx, dstate0=tuple(ds), dw_ih=dw_ih, dw_hh=dw_hh,
                               db_ih=db_ih, db_hh=db_hh,
-                              plan={**tape["plan"], "split": plan.describe(), "pool": plan.pool},
+                              plan={**tape["plan"], "split": plan.describe(), "pool": plan.pool,
+                                    **({"gemms": gemms} if plan.kind == "units" else {})},
                               dgates=dgh if need_dgates else None)
 
     # ------------------------------------------------------------------ input side
-    # part(p) functions for the GEMMs with X, split as the plan's parts are.
-    # x: (T, B, I) floats, or (T, B) int64 token ids (one-hot rows; gpurnn.tokens).
+    @staticmethod
+    def _njit_gemms_why(plan):
+        """None where each "units" part can do its own units' GEMMs inside its loop call
+        (NumPy's OpenBLAS from njit): X W_ih^T before the loop, dW_hh, dW_ih and its rows of
+        dX after it, so that the parts neither meet around the loop nor take the GIL
+        between phases; else why not (the caller's GEMMs split by rows, the parts meeting
+        around them)."""
+        from . import openblas
+        if plan.kind != "units":
+            return "rows split"
+        if plan.library != "openblas":
+            return f"GEMMs by {plan.library}"
+        ok, text = openblas.status()
+        return None if ok else "openblas from njit: " + text
+
+    def _gemms_in_parts(self, plan, x, gx0, dtype):
+        """Sets plan.gemms for the forward: "parts" (X W_ih^T by each part, _njit_gemms_why)
+        or "rows", with why in plan.gemms_why. Returns X as (T*B, I) (token ids: an empty
+        (0, 0) array)."""
+        T, B = x.shape[:2]
+        why = self._njit_gemms_why(plan)
+        if is_token_ids(x):
+            why = "token ids (a gather of W_ih^T rows)"
+        elif why is None and gx0 is not None:
+            why = "gx0 hook"
+        plan.gemms, plan.gemms_why = ("rows", why) if why else ("parts", None)
+        return np.empty((0, 0), dtype) if is_token_ids(x) else x.reshape(T * B, -1)
+
     def _input_projection(self, x, w_ih, gx2, plan):
         """(prepare, project): project(p) writes gx2 (T*B, G*H) = X W_ih^T, part p's rows:
         a GEMM, or for token ids a gather of rows of W_ih^T (one contiguous copy per token,

@@ -34,8 +34,12 @@ OpenBLAS thread pool whose busy-waiting workers fight NumPy's for the cores (tra
 step 106 -> 46 ms at 2 threads once removed; kernels_docs/cpu.md, Threading).
 
 The input projection (gx = X W_ih^T) and the weight gradients are big GEMMs, split by rows
-over the same parts (``gemm(..., part, nparts)``) by the caller, gpurnn.cpu.backend; only
-the sequential part lives in the functions above.
+over the same parts (``gemm(..., part, nparts)``) by the caller, gpurnn.cpu.backend, the
+parts meeting before and after the loop. Except for "units" where NumPy's OpenBLAS can be
+called from njit (plan.gemms "parts"): there each part computes its own units' columns of
+gx, and afterwards its rows of dW_hh and dW_ih and its share of dX, inside its one loop
+call, so the parts never wait for each other's GEMM nor take the GIL between phases (B=1
+LSTM T=100 H=256 forward 1.30 -> 1.20 ms at best, RESULTS_cpu.md session 11).
 
 Versions: one kernel set per (cell, dtype), built by ``recurrence_kernels`` from the
 scalar cell math of gpurnn.cells (written once, shared with the CUDA backend); float32 uses
@@ -224,15 +228,21 @@ def _step_loops(key, forward_row, backward_row):
     # ---- small products (B <= 8): the whole loop in one njit call per part; the parts
     # split the hidden units, meeting at a spin barrier once per step
     @stable_jit(key, nogil=True)
-    def forward_small(part, nparts, flags, gx, w_hh, w, bias, lengths, st, aux, out):
-        """Part ``part`` of ``nparts``: packs the W_hh^T columns of its units' G gates into
-        ``w`` (Plan.weight_copy: 1/nparts of W_hh, which then stays in this core's L2 cache),
-        then per step their products h_{t-1} @ W_hh^T and the fused cell; the barrier
-        publishes h_t to the other parts."""
+    def forward_small(part, nparts, flags, gx, w_hh, w, bias, lengths, st, aux, out, x2, w_ih):
+        """Part ``part`` of ``nparts``: where x2 has rows, first its units' gate columns of
+        gx = X W_ih^T (x2 (T*B, I), w_ih (G*H, I); NumPy's OpenBLAS; only this part reads
+        them, so no part waits for another's); then packs the W_hh^T columns of its units'
+        G gates into ``w`` (Plan.weight_copy: 1/nparts of W_hh, which then stays in this
+        core's L2 cache), then per step their products h_{t-1} @ W_hh^T and the fused cell;
+        the barrier publishes h_t to the other parts."""
         T, B, H = gx.shape[0], gx.shape[1], st.shape[3]
         u0, u1 = _unit_range(part, nparts, H)
         n = u1 - u0
         G = gx.shape[2] // H
+        if x2.shape[0] > 0:
+            gx2 = gx.reshape(T * B, G * H)
+            for g in range(G):
+                openblas.gemm_nt(x2, w_ih[g * H + u0:g * H + u1], gx2[:, g * H + u0:g * H + u1])
         # w[:, g*n + j] = W_hh[g*H + u0 + j, :]
         if nparts == 1:                         # all units: plain W_hh^T (C-contiguous stores,
             _transpose_into(w_hh, w)            # 0.15 vs 0.22 ms at H=256)
@@ -249,12 +259,17 @@ def _step_loops(key, forward_row, backward_row):
 
     @stable_jit(key, nogil=True)
     def backward_small(part, nparts, flags, acts, st, aux, w_hh, w, lengths, truncate, dout, ds,
-                       dgx, dgh, partial):
+                       dgx, dgh, partial, x2, h_prev2, w_ih, dx2, dw_ih, dw_hh):
         """Part ``part`` of ``nparts``: copies its units' G gate rows of W_hh into ``w``
         (Plan.weight_copy: contiguous, aligned), then per step the cell backward for its units
         and its share of dh_{t-1} = dgh[t] @ W_hh over those rows into partial[t % 2, part] (B, H);
         after the barrier each part adds all parts' shares for its own units. Two partial
-        buffers, alternating, so one barrier per step suffices."""
+        buffers, alternating, so one barrier per step suffices.
+        Then, from its own columns of dgx / dgh (NumPy's OpenBLAS), its units' rows of
+        dw_hh = dG_h^T H_prev where h_prev2 (T*B, H) has rows, of dw_ih = dG_x^T X where
+        x2 (T*B, I) has rows, and where dx2 (T*B, I) has rows, after one more barrier, its
+        share of the rows of dx2 = dG_x W_ih (w_ih (G*H, I)), which needs every part's
+        columns."""
         T, B, H = dgx.shape[0], dgx.shape[1], st.shape[3]
         u0, u1 = _unit_range(part, nparts, H)
         n = u1 - u0
@@ -276,6 +291,17 @@ def _step_loops(key, forward_row, backward_row):
                 if t < lengths[b]:
                     for q in range(nparts):
                         _add_into(partial[t % 2, q, b, u0:u1], ds[0, b, u0:u1])
+        dgx2, dgh2 = dgx.reshape(T * B, G * H), dgh.reshape(T * B, G * H)
+        for g in range(G):
+            c0, c1 = g * H + u0, g * H + u1
+            if h_prev2.shape[0] > 0:
+                openblas.gemm_tn(dgh2[:, c0:c1], h_prev2, dw_hh[c0:c1])
+            if x2.shape[0] > 0:
+                openblas.gemm_tn(dgx2[:, c0:c1], x2, dw_ih[c0:c1])
+        if dx2.shape[0] > 0:
+            barrier(flags, part, nparts, T + 1)
+            r0, r1 = _share(T * B, part, nparts)
+            openblas.gemm_nn(dgx2[r0:r1], w_ih, dx2[r0:r1])
 
     # ---- BLAS products (B > 8): a Python time loop per part, one BLAS call and one njit
     # call per step; the parts split the batch rows and never meet
@@ -371,11 +397,16 @@ def _step_loops(key, forward_row, backward_row):
         mkl.restore_threads(previous)
 
     # ---- one part of a split recurrence (plan: a Plan, see below)
-    def forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, st, aux, out, transposed):
-        """w_hh_t: W_hh^T (C-contiguous) for "rows" with OpenBLAS products, else unused."""
+    def forward_part(plan, part, gx, w_hh, w_hh_t, bias, lengths, st, aux, out, transposed,
+                     x2, w_ih):
+        """w_hh_t: W_hh^T (C-contiguous) for "rows" with OpenBLAS products, else unused.
+        x2 (T*B, I), w_ih (G*H, I): "units" parts start with their own columns of
+        gx = X W_ih^T where x2 has rows (plan.gemms "parts"); otherwise unused (x2 with no
+        rows: gx holds it already)."""
         if plan.kind == "units":
             forward_small(part, plan.nparts, plan.step_flags, gx, w_hh,
-                          plan.weight_copy(part, "columns", gx.dtype), bias, lengths, st, aux, out)
+                          plan.weight_copy(part, "columns", gx.dtype), bias, lengths, st, aux, out,
+                          x2, w_ih)
         elif plan.products == "mkl":
             b0, b1 = plan.rows(part)
             forward_rows_mkl(b0, b1, gx, mkl.pack_weights(w_hh, True, b1 - b0), bias, lengths,
@@ -387,12 +418,16 @@ def _step_loops(key, forward_row, backward_row):
                  plan.small_block(b1 - b0, w_hh.shape[1]))
 
     def backward_part(plan, part, acts, st, aux, w_hh, w_hh_t, lengths, truncate, dout, ds, dgx,
-                      dgh):
-        """w_hh_t: W_hh^T (C-contiguous) for "rows" with OpenBLAS products, else unused."""
+                      dgh, x2, h_prev2, w_ih, dx2, dw_ih, dw_hh):
+        """w_hh_t: W_hh^T (C-contiguous) for "rows" with OpenBLAS products, else unused.
+        x2 (T*B, I), h_prev2 (T*B, H), w_ih (G*H, I), dx2 (T*B, I), dw_ih (G*H, I), dw_hh
+        (G*H, H): "units" parts end with their own rows of dw_hh where h_prev2 has rows, of
+        dw_ih where x2 has rows, and their share of dx2's rows where it has rows (the
+        caller's choice, backend.CpuBackend.backward); otherwise unused."""
         if plan.kind == "units":
             backward_small(part, plan.nparts, plan.step_flags, acts, st, aux, w_hh,
                            plan.weight_copy(part, "rows", dgx.dtype), lengths, truncate, dout, ds,
-                           dgx, dgh, plan.partial)
+                           dgx, dgh, plan.partial, x2, h_prev2, w_ih, dx2, dw_ih, dw_hh)
         elif plan.products == "mkl":
             b0, b1 = plan.rows(part)
             backward_rows_mkl(b0, b1, acts, st, aux, mkl.pack_weights(w_hh, False, b1 - b0),
@@ -465,6 +500,10 @@ class Plan:
             self.kind, self.nparts = "rows", max(1, min(threads, B // rules.rows_per_part))
             self.products = products
         self.loop = loop                 # "rows" with OpenBLAS: the time loop in njit or Python
+        self.gemms = "rows"              # the GEMMs with X and W_ih: "rows", split by rows by
+        self.gemms_why = None            # the caller around the loop, or "parts" ("units": each
+                                         # part its own units', in its loop call); why not
+                                         # "parts" (the caller sets both)
         self._reset()
 
     def _fit_to_free_cores(self):
@@ -556,8 +595,11 @@ class Plan:
 
 def share(n, part, nparts):
     """(start, stop) of part ``part``'s share of n items split into ``nparts`` (sizes differ
-    by at most one): the one rule every split of the backend uses."""
+    by at most one): the one rule every split of the backend uses (_share in njit code)."""
     return n * part // nparts, n * (part + 1) // nparts
+
+
+_share = stable_jit("small", inline="always")(share)
 
 
 def gemm(a, b, out, part=0, nparts=1, library="openblas"):

@@ -16,6 +16,8 @@ the split recurrence runs its parts under parallel.single_threaded_blas (one eac
   status()          (True, "openblas <version> in <library>") or (False, why not)
   gemm_nt(a, b, c)  njit: c = a @ b.T; a (M, K), b (N, K), c (M, N), each with unit stride
                     in its last dimension (rows may be strided); float32 or float64
+  gemm_tn(a, b, c)  njit: c = a.T @ b; a (K, M), b (K, N)    (the same rules)
+  gemm_nn(a, b, c)  njit: c = a @ b;   a (M, K), b (K, N)
   small_block(rows, K)   columns per call that keep a per-step product on
                     OpenBLAS's small-matrix kernels (0: one call)
 
@@ -108,35 +110,48 @@ def status():
     return lib is not None, text
 
 
-@intrinsic
-def _gemm_nt(typingctx, a, b, c):
-    """cblas_?gemm(row-major, no-trans, trans): c = a @ b.T, 64-bit integer arguments."""
-    if not (all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, b, c))
-            and a.dtype == b.dtype == c.dtype and a.dtype in (types.float32, types.float64)):
-        return None
-    name = _SYMBOLS[str(a.dtype)]
+def _cblas_gemm(trans_a, trans_b):
+    """An intrinsic f(a, b, c): cblas_?gemm(row-major, ...) with c = op(a) @ op(b), where op
+    transposes where ``trans_a`` / ``trans_b`` say; 64-bit integer arguments. Shapes come
+    from c (M, N) and a: K = a.shape[0] if trans_a else a.shape[1]."""
+    flags = (TRANS if trans_a else NO_TRANS, TRANS if trans_b else NO_TRANS)
 
-    def codegen(context, builder, signature, args):
-        i32, i64, ptr = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
-        real = context.get_value_type(signature.args[0].dtype)
-        arrays = [context.make_array(t)(context, builder, v)
-                  for t, v in zip(signature.args, args)]
-        item = ir.Constant(i64, context.get_abi_sizeof(real))
-        shape = [cgutils.unpack_tuple(builder, x.shape, 2) for x in arrays]
-        lead = [builder.udiv(cgutils.unpack_tuple(builder, x.strides, 2)[0], item) for x in arrays]
-        m, k, n = shape[0][0], shape[0][1], shape[1][0]
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.VoidType(), [i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr, i64]),
-            name)
-        data = [builder.bitcast(x.data, ptr) for x in arrays]
-        builder.call(fn, [ir.Constant(i32, ROW_MAJOR), ir.Constant(i32, NO_TRANS),
-                          ir.Constant(i32, TRANS), m, n, k, ir.Constant(real, 1.0), data[0],
-                          lead[0], data[1], lead[1], ir.Constant(real, 0.0), data[2], lead[2]])
-        return context.get_dummy_value()
-    return types.void(a, b, c), codegen
+    def typer(typingctx, a, b, c):
+        if not (all(isinstance(x, types.Array) and x.ndim == 2 for x in (a, b, c))
+                and a.dtype == b.dtype == c.dtype and a.dtype in (types.float32, types.float64)):
+            return None
+        name = _SYMBOLS[str(a.dtype)]
+
+        def codegen(context, builder, signature, args):
+            i32, i64, ptr = ir.IntType(32), ir.IntType(64), ir.IntType(8).as_pointer()
+            real = context.get_value_type(signature.args[0].dtype)
+            arrays = [context.make_array(t)(context, builder, v)
+                      for t, v in zip(signature.args, args)]
+            item = ir.Constant(i64, context.get_abi_sizeof(real))
+            shape = [cgutils.unpack_tuple(builder, x.shape, 2) for x in arrays]
+            lead = [builder.udiv(cgutils.unpack_tuple(builder, x.strides, 2)[0], item)
+                    for x in arrays]
+            m, n = shape[2]
+            k = shape[0][0] if trans_a else shape[0][1]
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                ir.VoidType(), [i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr, i64, real, ptr,
+                                i64]), name)
+            data = [builder.bitcast(x.data, ptr) for x in arrays]
+            builder.call(fn, [ir.Constant(i32, ROW_MAJOR), ir.Constant(i32, flags[0]),
+                              ir.Constant(i32, flags[1]), m, n, k, ir.Constant(real, 1.0),
+                              data[0], lead[0], data[1], lead[1], ir.Constant(real, 0.0), data[2],
+                              lead[2]])
+            return context.get_dummy_value()
+        return types.void(a, b, c), codegen
+
+    typer.__name__ = f"_gemm_{'tn'[not trans_a]}{'tn'[not trans_b]}"
+    fn = intrinsic(typer)
+    fn._set_uuid(f"gpurnn.cpu:openblas:{typer.__name__}")     # stable cache keys (jit.py)
+    return fn
 
 
-_gemm_nt._set_uuid("gpurnn.cpu:openblas:_gemm_nt")      # stable cache keys (jit.py)
+_gemm_nt, _gemm_tn, _gemm_nn = (_cblas_gemm(False, True), _cblas_gemm(True, False),
+                                _cblas_gemm(False, False))
 
 
 @stable_jit("openblas", inline="always")
@@ -144,3 +159,15 @@ def gemm_nt(a, b, c):
     """c = a @ b.T by NumPy's OpenBLAS; a (M, K), b (N, K), c (M, N), unit stride in the
     last dimension. Call ``status()`` first (it registers the library's symbols)."""
     _gemm_nt(a, b, c)
+
+
+@stable_jit("openblas", inline="always")
+def gemm_tn(a, b, c):
+    """c = a.T @ b; a (K, M), b (K, N), c (M, N), unit stride in the last dimension."""
+    _gemm_tn(a, b, c)
+
+
+@stable_jit("openblas", inline="always")
+def gemm_nn(a, b, c):
+    """c = a @ b; a (M, K), b (K, N), c (M, N), unit stride in the last dimension."""
+    _gemm_nn(a, b, c)
