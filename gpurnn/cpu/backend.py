@@ -181,6 +181,8 @@ class CpuBackend(HostBackend):
                   "pool": plan.pool}          # None: one part, on the caller
         if plan.kind == "units":              # where the GEMMs with X and W_ih ran
             record["gemms"] = plan.gemms + (f" ({plan.gemms_why})" if plan.gemms_why else "")
+            if (plan.gemms_why or "").startswith("openblas from njit"):     # a fallback
+                decline(f"gpurnn cpu: the GEMMs around the loop split by rows ({plan.gemms_why})")
         if plan.kind == "rows" and plan.products == "openblas":
             record["loop"] = plan.loop
             rows = plan.rows(0)[1] - plan.rows(0)[0]     # part 0's; the others' differ by <= 1
@@ -357,6 +359,8 @@ class CpuBackend(HostBackend):
         plan.gemms, plan.gemms_why = ("rows", why) if why else ("parts", None)
         return np.empty((0, 0), dtype) if is_token_ids(x) else x.reshape(T * B, -1)
 
+    # part(p) functions for the GEMMs with X, split as the plan's parts are.
+    # x: (T, B, I) floats, or (T, B) int64 token ids (one-hot rows; gpurnn.tokens).
     def _input_projection(self, x, w_ih, gx2, plan):
         """(prepare, project): project(p) writes gx2 (T*B, G*H) = X W_ih^T, part p's rows:
         a GEMM, or for token ids a gather of rows of W_ih^T (one contiguous copy per token,

@@ -39,7 +39,8 @@ parts meeting before and after the loop. Except for "units" where NumPy's OpenBL
 called from njit (plan.gemms "parts"): there each part computes its own units' columns of
 gx, and afterwards its rows of dW_hh and dW_ih and its share of dX, inside its one loop
 call, so the parts never wait for each other's GEMM nor take the GIL between phases (B=1
-LSTM T=100 H=256 forward 1.30 -> 1.20 ms at best, RESULTS_cpu.md session 11).
+LSTM T=100 H=256: 2% less time quiet, 20-35% less forward on a loaded VM; RESULTS_cpu.md,
+Session 11).
 
 Versions: one kernel set per (cell, dtype), built by ``recurrence_kernels`` from the
 scalar cell math of gpurnn.cells (written once, shared with the CUDA backend); float32 uses
