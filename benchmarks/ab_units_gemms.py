@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 import gpurnn
-from gpurnn.cpu.backend import CpuBackend
+from gpurnn.cpu import CpuBackend
 
 
 class RowsGemms(CpuBackend):
