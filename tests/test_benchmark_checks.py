@@ -62,6 +62,16 @@ def test_the_fp32_peak_is_cores_fma_units_lanes_2_clock():
     assert "assumed" in machine.describe_peak(fig)
 
 
+def test_a_gemm_faster_than_the_nominal_peak_becomes_the_peak():
+    fig = dict(machine.cpu_figures(), peak_gflops=332.0)
+    assert machine.anchored_peak(fig, 300.0)["peak_gflops"] == 332.0      # below: nominal
+    assert "nominal" not in machine.describe_peak(machine.anchored_peak(fig, 300.0))
+    raised = machine.anchored_peak(fig, 417.0)
+    assert raised["peak_gflops"] == 417.0 and raised["nominal_peak_gflops"] == 332.0
+    assert "417 GFLOP/s, the measured GEMM ceiling" in machine.describe_peak(raised)
+    assert "nominal 332" in machine.describe_peak(raised)
+
+
 def test_busy_rows_are_compared_with_the_quiet_run_of_the_same_config():
     row = dict(threads=1, config="c", backend="native")
     rows = [dict(row, load="quiet", median_ms=2.0, ratio_to_torch=0.5),
