@@ -105,6 +105,21 @@ def test_fused_head_keeps_its_buffers_and_accumulates(rng):
     assert fused._buffers["targets"].shape == (8,)
 
 
+def test_fused_head_drops_the_buffers_of_shares_it_no_longer_has(rng):
+    """Per-share dW/db buffers are keyed by the share's first row: a new split (another
+    thread count, another row count) must not leave the old split's behind."""
+    from gpurnn.cpu.backend import CpuBackend
+    head = OutputLayer(13, 11, "float32", seed=3, backend=CpuBackend(threads=3))
+    h, y = rng.standard_normal((211, 13)).astype(np.float32), rng.integers(0, 11, 211)
+    head.loss_and_backward(h, y)
+    assert sorted(k for k in head._buffers if isinstance(k, tuple)) == [
+        ("db", 0), ("db", 70), ("db", 140), ("dw", 0), ("dw", 70), ("dw", 140)]
+    head.backend.threads = 2                            # 105 + 106 rows
+    head.loss_and_backward(h, y)
+    assert sorted(k for k in head._buffers if isinstance(k, tuple)) == [
+        ("db", 0), ("db", 105), ("dw", 0), ("dw", 105)]
+
+
 def test_fused_head_gradients_by_finite_differences(rng):
     fused, _ = heads(3, 4, "float64", rng)
     h, y = rng.standard_normal((5, 3)), rng.integers(0, 4, 5)

@@ -192,9 +192,11 @@ class OutputLayer:
         dh = np.empty((n, self.hidden_size), self.dtype)
         w, bias = self._params["weight"], self._params["bias"]
         scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0
+        starts = set()                       # this call's shares (set.add holds the GIL)
 
         def share(r0, r1):
             """-> (first bad target row or -1, the share's nll, its db, its dW)."""
+            starts.add(r0)
             z, t, ts = dlogits[r0:r1], ids[r0:r1], shift[r0:r1]
             np.matmul(h2[r0:r1], w, out=z)
             bad = fused.softmax_xent_shift(z, bias, t, ts)
@@ -209,6 +211,8 @@ class OutputLayer:
             return -1, nll, db, dw
 
         shares = run_rows(self.backend, n, share)
+        for key in [k for k in self._buffers if isinstance(k, tuple) and k[1] not in starts]:
+            del self._buffers[key]           # other shares' (another row or thread count)
         for bad, *_ in shares:
             if bad >= 0:
                 raise ValueError(f"targets: expected symbol ids in 0..{V - 1}, got "
