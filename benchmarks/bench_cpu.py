@@ -470,7 +470,8 @@ def measure_threads(args, thread_counts, no_profile):
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
                    MKL_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
         child = [sys.executable, __file__, "--child", "--mode", args.mode, "--repeats", str(args.repeats),
-                 "--cells", args.cells, "--ceiling", str(args.ceiling)] + ["--quick"] * args.quick + ["--no-profile"] * no_profile
+                 "--cells", args.cells, "--ceiling", str(args.ceiling)]
+        child += ["--quick"] * args.quick + ["--no-profile"] * no_profile
         proc = subprocess.run(child, env=env, stdout=subprocess.PIPE, text=True, check=True)
         *progress, last = proc.stdout.strip().splitlines()
         print("\n".join(progress), flush=True)
