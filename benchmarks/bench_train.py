@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from gpurnn.apps.charlm import LMConfig, Trainer  # noqa: E402
 from gpurnn.arrays import to_numpy  # noqa: E402
 from gpurnn.backend import BackendUnavailable, get_backend  # noqa: E402
+from gpurnn.cells import get_cell  # noqa: E402
 from gpurnn.train.data import default_corpus  # noqa: E402
 from gpurnn.train.optim import unprefixed  # noqa: E402
 from gpurnn.train.tbptt import window_at  # noqa: E402
@@ -73,7 +74,7 @@ def step_flops(args, vocab):
     """FLOPs of one training step: the recurrent layers (timing.layer_flops, their dX
     included as the first layer's one-hot GEMM would do it) and the output layer's three
     GEMMs (logits, dW, dH); pointwise work and Adam are not counted."""
-    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[args.cell]
+    G = get_cell(args.cell).n_gates
     T, B, H = args.window, args.batch, args.hidden
     layers = sum(layer_flops(T, B, vocab if k == 0 else H, H, G) for k in range(args.layers))
     return layers + 3 * 2 * T * B * H * vocab
@@ -81,9 +82,10 @@ def step_flops(args, vocab):
 
 def one_hot_flops(args, vocab):
     """The FLOPs of step_flops that gpurnn's token inputs do not execute: the first layer's
-    three GEMMs with its one-hot X (X W_ih^T, dW_ih = dG^T X, dX = dG W_ih: 6 T B G H I)."""
-    G = {"lstm": 4, "gru": 3, "rnn_tanh": 1}[args.cell]
-    return 6 * args.window * args.batch * G * args.hidden * vocab
+    three GEMMs with its one-hot X (X W_ih^T, dW_ih = dG^T X, dX = dG W_ih): the layer's
+    products with input size ``vocab`` less those with none."""
+    T, B, H, G = args.window, args.batch, args.hidden, get_cell(args.cell).n_gates
+    return layer_flops(T, B, vocab, H, G) - layer_flops(T, B, 0, H, G)
 
 
 def torch_step(trainer, args, weights, reference):
