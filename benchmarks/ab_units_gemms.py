@@ -25,7 +25,7 @@ class RowsGemms(CpuBackend):
     """The GEMMs split by rows around the loop, as before plan.gemms "parts"."""
     @staticmethod
     def _njit_gemms_why(plan):
-        return "A/B: rows"
+        return "A/B: rows", False
 
 
 def main():

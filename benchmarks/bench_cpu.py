@@ -100,7 +100,12 @@ NUMPY_MAX_WORK = 100 * 32 * 256 * 1024   # T*B*H*G*H above which the reference i
 # split 2x slower (measured), so each backend gets that long to warm up, alike.
 SETTLE_S = 0.2
 TORCH_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN"}
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1}
+
+
+def gates(cell):
+    """Gate count of a cell, from its one definition (gpurnn.cells)."""
+    from gpurnn.cells import get_cell
+    return get_cell(cell).n_gates
 
 
 def config_name(cfg):
@@ -110,7 +115,7 @@ def config_name(cfg):
 
 def config_flops(cfg):
     cell, T, B, I, H = cfg
-    return layer_flops(T, B, I, H, GATES[cell])
+    return layer_flops(T, B, I, H, gates(cell))
 
 
 # ----------------------------------------------------------------------------- runners
@@ -118,7 +123,7 @@ def problem(cfg):
     """Weights (torch names), x and dout of one config, the same for every version."""
     cell, T, B, I, H = cfg
     rng = np.random.default_rng(0)
-    G, bound = GATES[cell], 1 / np.sqrt(H)
+    G, bound = gates(cell), 1 / np.sqrt(H)
     weights = {}
     for name, shape in (("weight_ih_l0", (G * H, I)), ("weight_hh_l0", (G * H, H)),
                         ("bias_ih_l0", (G * H,)), ("bias_hh_l0", (G * H,))):
@@ -254,7 +259,7 @@ def profile(cfg, repeats):
     from gpurnn.cpu.kernels import Plan, recurrence_kernels, transpose
     from gpurnn.cpu.parallel import recurrence_threads
     cell, T, B, I, H = cfg
-    G = GATES[cell]
+    G = gates(cell)
     rng = np.random.default_rng(1)
     f32 = np.float32
     x = rng.standard_normal((T, B, I)).astype(f32)
@@ -453,7 +458,7 @@ def run_in_process(args):
     rows = []
     for cfg in configs:
         _, T, B, I, H = cfg
-        with_numpy = T * B * H * GATES[cfg[0]] * H <= NUMPY_MAX_WORK
+        with_numpy = T * B * H * gates(cfg[0]) * H <= NUMPY_MAX_WORK
         for r in measure(cfg, args.mode, args.repeats, with_numpy, peak):
             rows.append(dict(threads=threads, **r))
             print(f"[{threads} thr] {r['config']:<32} {r['backend']:<6} {r['median_ms']:9.2f} ms"

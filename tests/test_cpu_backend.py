@@ -112,6 +112,65 @@ def test_products_in_small_kernel_blocks(cell, batch, rng, monkeypatch):
     assert 0 < expected["forward"] < G * hidden and plan["blocks"] == expected
 
 
+def test_units_gemms_by_rows_where_njit_cannot_call_openblas_is_a_reported_fallback(rng, monkeypatch):
+    """A "units" split (B <= 8) whose parts cannot call NumPy's OpenBLAS from njit runs the
+    GEMMs around the loop by rows instead, with the reference's results, and says so:
+    plan["gemms"] "rows (openblas from njit: ...)", a warning once, FallbackError under
+    GPURNN_STRICT=1. A plan that takes the rows path for its inputs (token ids) is no
+    fallback: no warning."""
+    import warnings
+    from gpurnn import contract
+    from gpurnn.cpu import openblas
+    openblas.status()      # the real symbols registered first, as where OpenBLAS is absent
+    monkeypatch.setattr(openblas, "status", lambda: (False, "no OpenBLAS (test)"))  # stand-ins are
+    monkeypatch.setattr(contract, "_warned", set())
+    monkeypatch.delenv("GPURNN_STRICT", raising=False)
+    ref = gpurnn.LSTM(I, H, backend="numpy", dtype="float32", seed=5)
+    cpu = gpurnn.LSTM(I, H, backend=CpuBackend(poison=True), dtype="float32", seed=5)
+    cpu.load_state_dict(ref.state_dict())
+    inputs = random_inputs(ref, rng, with_state=True, batch=3)
+    with pytest.warns(RuntimeWarning, match="GEMMs around the loop split by rows"):
+        results = [forward_backward(model, inputs, None, truncate=None) for model in (cpu, ref)]
+    assert_all_close(*results, "float32", TOLERANCE["float32"])
+    plan = cpu.last_plans["forward"][0][0]
+    assert plan["split"][0] == "units"
+    assert plan["gemms"] == "rows (openblas from njit: no OpenBLAS (test))"
+    monkeypatch.setattr(contract, "_warned", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cpu(rng.integers(0, I, (T, 3)))          # token ids: the rows path by design
+    assert cpu.last_plans["forward"][0][0]["gemms"].startswith("rows (token ids")
+    monkeypatch.setenv("GPURNN_STRICT", "1")
+    with pytest.raises(contract.FallbackError, match="GEMMs around the loop"):
+        cpu(inputs["x"])
+
+
+def test_a_numpy_without_openblas_runs_every_split_in_a_fresh_process(tmp_path):
+    """Where NumPy's BLAS is not an ILP64 OpenBLAS (conda's MKL, Debian's 32-bit BLAS), the
+    kernels still link (openblas registers stand-in symbols; an unresolved one crashed the
+    process with a segfault at the first B <= 8 call) and both splits run, saying why."""
+    import subprocess
+    import sys
+    script = tmp_path / "no_openblas.py"
+    script.write_text(
+        "import warnings, numpy as np\n"
+        "from gpurnn.cpu import openblas\n"
+        "openblas._find_library = lambda: (None, 'no OpenBLAS (test)', '')\n"
+        "import gpurnn\n"
+        "warnings.simplefilter('ignore')\n"
+        "for B in (3, 11):\n"
+        "    m = gpurnn.LSTM(5, 6, backend='cpu', dtype='float32')\n"
+        "    out, _ = m(np.random.randn(7, B, 5).astype(np.float32))\n"
+        "    m.backward(np.ones_like(out))\n"
+        "    p = m.last_plans['forward'][0][0]\n"
+        "    print(B, p.get('gemms') or p.get('declined'))\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == ["3 rows (openblas from njit: no OpenBLAS (test))",
+                                       "11 openblas from njit: no OpenBLAS (test)"]
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_openblas_loop_in_python_where_njit_cannot_call_it(cell, rng, monkeypatch):
     """Where NumPy's OpenBLAS cannot be called from njit, the "rows" loop runs in Python
@@ -343,7 +402,7 @@ def test_need_dx_false_and_token_ids_run_no_dx_gemm(monkeypatch, rng):
     from gpurnn.cpu import kernels
     calls = []
     real = kernels.gemm
-    monkeypatch.setattr(CpuBackend, "_njit_gemms_why", staticmethod(lambda plan: "test"))
+    monkeypatch.setattr(CpuBackend, "_njit_gemms_why", staticmethod(lambda plan: ("test", False)))
     monkeypatch.setattr(kernels, "gemm", lambda a, b, out, *args: (calls.append(out.shape),
                                                                    real(a, b, out, *args)))
     be, spec = CpuBackend(poison=True), gpurnn.cells.get_cell("lstm")

@@ -80,7 +80,7 @@ def test_gemms_in_parts_match_the_rows_path(need_dx, rng):
     class RowsOnly(Backend):
         @staticmethod
         def _njit_gemms_why(plan):
-            return "test"
+            return "test", False
     results = []
     for be in (Backend(poison=True, threads=3, split=SPLIT_SMALL),
                RowsOnly(poison=True, threads=3, split=SPLIT_SMALL)):

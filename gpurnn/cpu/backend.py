@@ -181,7 +181,7 @@ class CpuBackend(HostBackend):
                   "pool": plan.pool}          # None: one part, on the caller
         if plan.kind == "units":              # where the GEMMs with X and W_ih ran
             record["gemms"] = plan.gemms + (f" ({plan.gemms_why})" if plan.gemms_why else "")
-            if (plan.gemms_why or "").startswith("openblas from njit"):     # a fallback
+            if plan.gemms_declined:
                 decline(f"gpurnn cpu: the GEMMs around the loop split by rows ({plan.gemms_why})")
         if plan.kind == "rows" and plan.products == "openblas":
             record["loop"] = plan.loop
@@ -298,7 +298,7 @@ class CpuBackend(HostBackend):
         h_prev2 = st[0, :T].reshape(T * B, H)
         input_weight_grad = self._input_weight_grad(x, dgx2, dw_ih, plan)
         # Which GEMMs the "units" parts run in their loop call (an array with no rows: none)
-        why = self._njit_gemms_why(plan)
+        why, _ = self._njit_gemms_why(plan)      # a fallback was reported by the forward
         hh_in_parts = why is None
         x_in_parts = hh_in_parts and not is_token_ids(x)      # ids: the scatter-add, below
         x2 = tape["x2"] if x_in_parts else tape["x2"][:0]
@@ -333,30 +333,33 @@ class CpuBackend(HostBackend):
     # ------------------------------------------------------------------ input side
     @staticmethod
     def _njit_gemms_why(plan):
-        """None where each "units" part can do its own units' GEMMs inside its loop call
-        (NumPy's OpenBLAS from njit): X W_ih^T before the loop, dW_hh, dW_ih and its rows of
-        dX after it, so that the parts neither meet around the loop nor take the GIL
-        between phases; else why not (the caller's GEMMs split by rows, the parts meeting
-        around them)."""
+        """(why not, declined). why is None where each "units" part can do its own units'
+        GEMMs inside its loop call (NumPy's OpenBLAS from njit): X W_ih^T before the loop,
+        dW_hh, dW_ih and its rows of dX after it, so that the parts neither meet around the
+        loop nor take the GIL between phases; else why not (the caller's GEMMs split by
+        rows, the parts meeting around them). declined: the reason is a fast path that
+        could not run (that OpenBLAS is not callable from njit), not the plan's shape or
+        library: a fallback, which the plan record reports (decline)."""
         from . import openblas
         if plan.kind != "units":
-            return "rows split"
+            return "rows split", False
         if plan.library != "openblas":
-            return f"GEMMs by {plan.library}"
+            return f"GEMMs by {plan.library}", False
         ok, text = openblas.status()
-        return None if ok else "openblas from njit: " + text
+        return (None, False) if ok else ("openblas from njit: " + text, True)
 
     def _gemms_in_parts(self, plan, x, gx0, dtype):
         """Sets plan.gemms for the forward: "parts" (X W_ih^T by each part, _njit_gemms_why)
         or "rows", with why in plan.gemms_why. Returns X as (T*B, I) (token ids: an empty
         (0, 0) array)."""
         T, B = x.shape[:2]
-        why = self._njit_gemms_why(plan)
+        why, declined = self._njit_gemms_why(plan)
         if is_token_ids(x):
-            why = "token ids (a gather of W_ih^T rows)"
+            why, declined = "token ids (a gather of W_ih^T rows)", False
         elif why is None and gx0 is not None:
             why = "gx0 hook"
         plan.gemms, plan.gemms_why = ("rows", why) if why else ("parts", None)
+        plan.gemms_declined = declined
         return np.empty((0, 0), dtype) if is_token_ids(x) else x.reshape(T * B, -1)
 
     # part(p) functions for the GEMMs with X, split as the plan's parts are.

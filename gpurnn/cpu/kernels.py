@@ -503,8 +503,9 @@ class Plan:
         self.loop = loop                 # "rows" with OpenBLAS: the time loop in njit or Python
         self.gemms = "rows"              # the GEMMs with X and W_ih: "rows", split by rows by
         self.gemms_why = None            # the caller around the loop, or "parts" ("units": each
-                                         # part its own units', in its loop call); why not
-                                         # "parts" (the caller sets both)
+        self.gemms_declined = False      # part its own units', in its loop call); why not
+                                         # "parts", and whether that was a fallback (the
+                                         # caller sets all three)
         self._reset()
 
     def _fit_to_free_cores(self):

@@ -29,6 +29,7 @@ Run/test:  python -m pytest tests/test_cpu_backend.py -q -k "products or openbla
 """
 import ctypes
 import functools
+import os
 
 import llvmlite.binding
 import llvmlite.ir as ir
@@ -42,9 +43,39 @@ _SYMBOLS = {"float32": "gpurnn_openblas_sgemm", "float64": "gpurnn_openblas_dgem
 _EXPORTS = (("scipy_cblas_", "64_"), ("cblas_", "64_"))   # (prefix, suffix): ILP64 builds
 
 
+# A stand-in for each symbol where no OpenBLAS is found: the kernels link against both
+# symbols whether or not they call them (a "units" loop's GEMMs, the "rows" loop), and an
+# unresolved symbol crashes the process when the kernel loads (NumPy on MKL or on a 32-bit
+# integer BLAS, e.g. Debian's). The plans never call it then (status() says no); one that did
+# would be a bug in gpurnn, so it stops the process with a message, never returns garbage.
+_UNAVAILABLE = {}
+
+
+def _never_called(*_):
+    os.write(2, b"gpurnn: internal error: NumPy's OpenBLAS called from njit although "
+                b"openblas.status() said it is unavailable\n")
+    os.abort()
+
+
+def _register_unavailable():
+    for dtype, real in (("float32", ctypes.c_float), ("float64", ctypes.c_double)):
+        i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+        prototype = ctypes.CFUNCTYPE(None, i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr,
+                                     i64, real, ptr, i64)
+        _UNAVAILABLE[dtype] = stub = prototype(_never_called)     # kept alive here
+        llvmlite.binding.add_symbol(_SYMBOLS[dtype], ctypes.cast(stub, ctypes.c_void_p).value)
+
+
 @functools.lru_cache(maxsize=None)
 def _library():
     """(ctypes library, description, OpenBLAS core name) or (None, why not, "")."""
+    lib, text, core = _find_library()
+    if lib is None:
+        _register_unavailable()
+    return lib, text, core
+
+
+def _find_library():
     import numpy  # noqa: F401  (threadpoolctl sees only libraries already loaded)
     try:
         from threadpoolctl import threadpool_info
