@@ -121,8 +121,10 @@ def test_units_gemms_by_rows_where_njit_cannot_call_openblas_is_a_reported_fallb
     import warnings
     from gpurnn import contract
     from gpurnn.cpu import openblas
-    openblas.status()      # the real symbols registered first, as where OpenBLAS is absent
-    monkeypatch.setattr(openblas, "status", lambda: (False, "no OpenBLAS (test)"))  # stand-ins are
+    # the kernels' symbols registered first (a real run without OpenBLAS gets stand-ins from
+    # openblas._library); a patched status() alone would leave them unresolved: a segfault
+    openblas.status()
+    monkeypatch.setattr(openblas, "status", lambda: (False, "no OpenBLAS (test)"))
     monkeypatch.setattr(contract, "_warned", set())
     monkeypatch.delenv("GPURNN_STRICT", raising=False)
     ref = gpurnn.LSTM(I, H, backend="numpy", dtype="float32", seed=5)

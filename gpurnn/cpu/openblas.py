@@ -58,8 +58,8 @@ def _never_called(*_):
 
 
 def _register_unavailable():
+    i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
     for dtype, real in (("float32", ctypes.c_float), ("float64", ctypes.c_double)):
-        i32, i64, ptr = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
         prototype = ctypes.CFUNCTYPE(None, i32, i32, i32, i64, i64, i64, real, ptr, i64, ptr,
                                      i64, real, ptr, i64)
         _UNAVAILABLE[dtype] = stub = prototype(_never_called)     # kept alive here
